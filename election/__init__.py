@@ -1,0 +1,1 @@
+"""Leases that decide which node is primary (static, etcd)."""

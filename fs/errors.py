@@ -1,0 +1,39 @@
+"""Domain errors of the mount, each carrying the errno an application sees.
+
+`fs.operations` is the single place that turns these (and OSError) into
+`pyfuse3.FUSEError`; nothing else may escape a FUSE handler.
+"""
+
+from __future__ import annotations
+
+import errno
+
+
+class FsError(Exception):
+    """An error the mount reports to the application with `errno`."""
+
+    errno: int = errno.EIO
+
+
+class NotPermitted(FsError):
+    """The mount does not hold this kind of object (directories, links, reserved names)."""
+
+    errno = errno.EPERM
+
+
+class NotFound(FsError):
+    """No such file in the mount."""
+
+    errno = errno.ENOENT
+
+
+class InvalidContent(FsError):
+    """A write that would store something that is not a SQLite database."""
+
+    errno = errno.EINVAL
+
+
+class Unsupported(FsError):
+    """An operation the mount does not implement (e.g. RENAME_EXCHANGE)."""
+
+    errno = errno.EINVAL

@@ -1,0 +1,407 @@
+"""pyfuse3 operations: the mount's root directory, passed through to the data dir.
+
+Every handler is wrapped by `fuse_handler`, the mount's one error boundary:
+domain errors (`fs.errors.FsError`) and `OSError` become `FUSEError` with their
+errno; anything else is logged once with its traceback and becomes `EIO`, so
+no exception can reach pyfuse3's main loop.
+
+Cache policy (measured, DESIGN.md §9): files are opened with `keep_cache`,
+entries and attributes (also negative lookups) are cached for `CACHE_TIMEOUT`,
+and the mtime the kernel sees never moves for writes made through the mount,
+so libfuse's `auto_inval_data` never drops valid pages. Every process on this
+host goes through the same kernel page cache, which is what keeps SQLite's
+file, lock and `-shm` semantics coherent.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar
+
+import pyfuse3
+import trio
+
+from fs.errors import FsError, InvalidContent, NotFound, NotPermitted, Unsupported
+from fs.inodes import ROOT_INODE, Inode, InodeTable
+from fs.names import Kind, classify, is_valid
+
+log = logging.getLogger(__name__)
+
+#: Seconds the kernel may cache entries and attributes, negative lookups too.
+#: Only the daemon changes files, and it invalidates what it changes itself.
+CACHE_TIMEOUT = 3600.0
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+# Flags that concern the name, not the open file; O_APPEND is resolved by the
+# kernel (it sends the offset), and pwrite on an O_APPEND fd would ignore it.
+_STRIP_OPEN_FLAGS = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY | os.O_APPEND
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def fuse_handler(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Wrap a handler so that only `pyfuse3.FUSEError` can leave it."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except FsError as exc:
+            log.debug("%s: %s", fn.__name__, exc)
+            raise pyfuse3.FUSEError(exc.errno) from None
+        except OSError as exc:
+            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+        except Exception:
+            log.exception("unexpected error in FUSE handler %s", fn.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+@dataclass(slots=True, eq=False)
+class Handle:
+    """One FUSE open: its own data-dir descriptor (also used as the fh)."""
+
+    fd: int
+    inode: Inode
+
+
+class Operations(pyfuse3.Operations):
+    """The mount's file operations over one flat data directory."""
+
+    supports_dot_lookup = False
+    enable_writeback_cache = False  # commit capture must see every write
+
+    def __init__(self, data_dir: str) -> None:
+        super().__init__()
+        self.data_dir = data_dir
+        self._dir_fd = os.open(data_dir, os.O_RDONLY | os.O_DIRECTORY)
+        self._inodes = InodeTable()
+        self._handles: dict[int, Handle] = {}
+        self._root_mtime_ns = os.stat(self._dir_fd).st_mtime_ns
+
+    def close(self) -> None:
+        """Close every descriptor the operations hold."""
+        for handle in self._handles.values():
+            os.close(handle.fd)
+        self._handles.clear()
+        os.close(self._dir_fd)
+
+    # ----------------------------------------------------------- attributes
+
+    def _root_attrs(self) -> pyfuse3.EntryAttributes:
+        st = os.stat(self._dir_fd)
+        attrs = _attrs_from_stat(st, ROOT_INODE, self._root_mtime_ns)
+        attrs.st_nlink = 2
+        return attrs
+
+    def _inode_attrs(self, inode: Inode) -> pyfuse3.EntryAttributes:
+        if inode.name is not None:
+            st = os.stat(inode.name.name, dir_fd=self._dir_fd, follow_symlinks=False)
+        elif inode.fds:
+            st = os.fstat(next(iter(inode.fds)))
+        else:
+            raise NotFound(f"inode {inode.ino} was deleted")
+        return _attrs_from_stat(st, inode.ino, inode.mtime_ns)
+
+    def _bind(self, name: str) -> tuple[Inode, pyfuse3.EntryAttributes]:
+        """Bind `name` (existing in the data dir) to an inode and count the lookup."""
+        fname = classify(name)
+        inode = self._inodes.by_name(name)
+        if inode is None:
+            st = os.stat(name, dir_fd=self._dir_fd, follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode):
+                raise NotFound(f"{name!r} in the data dir is not a regular file")
+            inode = self._inodes.bind(fname, st.st_mtime_ns)
+        attrs = self._inode_attrs(inode)
+        inode.lookups += 1
+        return inode, attrs
+
+    def _inode(self, ino: int) -> Inode:
+        inode = self._inodes.get(ino)
+        if inode is None:
+            raise NotFound(f"no inode {ino}")
+        return inode
+
+    @staticmethod
+    def _check_root(parent_inode: int) -> None:
+        if parent_inode != ROOT_INODE:
+            raise NotFound("the mount has no subdirectories")
+
+    # ------------------------------------------------------------- handlers
+
+    @fuse_handler
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext | None = None
+    ) -> pyfuse3.EntryAttributes:
+        self._check_root(parent_inode)
+        text = os.fsdecode(name)
+        if text in (".", ".."):
+            return self._root_attrs()
+        if not is_valid(text):
+            return _negative_entry()
+        try:
+            return self._bind(text)[1]
+        except FileNotFoundError:
+            return _negative_entry()
+
+    @fuse_handler
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        for ino, count in inode_list:
+            self._inodes.forget(ino, count)
+
+    @fuse_handler
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.EntryAttributes:
+        if inode == ROOT_INODE:
+            return self._root_attrs()
+        return self._inode_attrs(self._inode(inode))
+
+    @fuse_handler
+    async def setattr(
+        self,
+        inode: int,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: int | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        if inode == ROOT_INODE:
+            raise NotPermitted("the mount's root cannot be changed")
+        node = self._inode(inode)
+        target: int | str
+        if fh is not None:
+            target = fh
+        elif node.name is not None:
+            target = node.name.name
+        else:
+            raise NotFound(f"inode {inode} was deleted")
+        at = {} if isinstance(target, int) else {"dir_fd": self._dir_fd}
+        if fields.update_size:
+            if isinstance(target, int):
+                os.ftruncate(target, attr.st_size)
+            else:
+                fd = os.open(target, os.O_WRONLY, dir_fd=self._dir_fd)
+                try:
+                    os.ftruncate(fd, attr.st_size)
+                finally:
+                    os.close(fd)
+        if fields.update_mode:
+            os.chmod(target, stat.S_IMODE(attr.st_mode), **at)
+        if fields.update_uid or fields.update_gid:
+            os.chown(
+                target,
+                attr.st_uid if fields.update_uid else -1,
+                attr.st_gid if fields.update_gid else -1,
+                **at,
+            )
+        if fields.update_atime or fields.update_mtime:
+            st = os.stat(target, **at)
+            atime = attr.st_atime_ns if fields.update_atime else st.st_atime_ns
+            mtime = attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns
+            os.utime(target, ns=(atime, mtime), **at)
+            if fields.update_mtime:
+                node.mtime_ns = mtime
+        return self._inode_attrs(node)
+
+    @fuse_handler
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> Any:
+        raise NotPermitted("the mount holds only SQLite databases and their journals")
+
+    @fuse_handler
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> Any:
+        raise NotPermitted("the mount has no subdirectories")
+
+    @fuse_handler
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> Any:
+        raise NotPermitted("the mount holds no symbolic links")
+
+    @fuse_handler
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> Any:
+        raise NotPermitted("the mount holds no hard links")
+
+    @fuse_handler
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        raise NotFound("the mount has no subdirectories")
+
+    @fuse_handler
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self._check_root(parent_inode)
+        text = os.fsdecode(name)
+        classify(text)
+        os.unlink(text, dir_fd=self._dir_fd)
+        self._inodes.unbind(text)
+
+    @fuse_handler
+    async def rename(
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        self._check_root(parent_inode_old)
+        self._check_root(parent_inode_new)
+        old, new = classify(os.fsdecode(name_old)), classify(os.fsdecode(name_new))
+        if old.kind is not new.kind:
+            raise NotPermitted(f"cannot rename a {old.kind.value} file to a {new.kind.value} name")
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            raise Unsupported("RENAME_EXCHANGE is not supported")
+        if flags & pyfuse3.RENAME_NOREPLACE:
+            try:
+                os.stat(new.name, dir_fd=self._dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                pass
+            else:
+                raise pyfuse3.FUSEError(errno.EEXIST)
+        os.rename(old.name, new.name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
+        self._inodes.rename(old.name, new)
+
+    @fuse_handler
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        node = self._inode(inode)
+        if node.name is None:
+            raise NotFound(f"inode {inode} was deleted")
+        fd = os.open(node.name.name, flags & ~_STRIP_OPEN_FLAGS, dir_fd=self._dir_fd)
+        return self._new_handle(fd, node)
+
+    @fuse_handler
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        self._check_root(parent_inode)
+        fname = classify(os.fsdecode(name))
+        if not stat.S_ISREG(mode):
+            raise NotPermitted("the mount holds only regular files")
+        open_flags = (flags & ~_STRIP_OPEN_FLAGS) | os.O_CREAT | (flags & os.O_EXCL)
+        fd = os.open(fname.name, open_flags, stat.S_IMODE(mode), dir_fd=self._dir_fd)
+        try:
+            if ctx is not None and os.geteuid() == 0:
+                os.fchown(fd, ctx.uid, ctx.gid)
+            inode, attrs = self._bind(fname.name)
+        except BaseException:
+            os.close(fd)
+            raise
+        return self._new_handle(fd, inode), attrs
+
+    def _new_handle(self, fd: int, inode: Inode) -> pyfuse3.FileInfo:
+        self._handles[fd] = Handle(fd, inode)
+        inode.fds.add(fd)
+        # Never direct_io: SQLite mmaps `-shm` with MAP_SHARED (DESIGN.md §9).
+        return pyfuse3.FileInfo(fh=fd, keep_cache=True, direct_io=False)
+
+    @fuse_handler
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        return os.pread(fh, size, off)
+
+    @fuse_handler
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        if off < len(SQLITE_MAGIC) and self._handles[fh].inode.kind is Kind.DATABASE:
+            _check_database_header(off, buf)
+        return os.pwrite(fh, buf, off)
+
+    @fuse_handler
+    async def flush(self, fh: int) -> None:
+        return None
+
+    @fuse_handler
+    async def release(self, fh: int) -> None:
+        handle = self._handles.pop(fh)
+        os.close(fh)
+        self._inodes.closed(handle.inode, fh)
+
+    @fuse_handler
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, fh)
+
+    @fuse_handler
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        if inode != ROOT_INODE:
+            raise NotFound("the mount has no subdirectories")
+        return ROOT_INODE
+
+    @fuse_handler
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        names = sorted(n for n in os.listdir(self._dir_fd) if is_valid(n))
+        for index in range(start_id, len(names)):
+            try:
+                inode, attrs = self._bind(names[index])
+            except (FileNotFoundError, NotFound):
+                continue
+            if not pyfuse3.readdir_reply(token, os.fsencode(names[index]), attrs, index + 1):
+                inode.lookups -= 1  # the kernel did not take this entry
+                return
+
+    @fuse_handler
+    async def releasedir(self, fh: int) -> None:
+        return None
+
+    @fuse_handler
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        await trio.to_thread.run_sync(os.fsync, self._dir_fd)
+
+    @fuse_handler
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        sv = os.statvfs(self._dir_fd)
+        data = pyfuse3.StatvfsData()
+        for attr in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail",
+                     "f_files", "f_ffree", "f_favail", "f_namemax"):
+            setattr(data, attr, getattr(sv, attr))
+        return data
+
+    @fuse_handler
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+
+    @fuse_handler
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        return []
+
+    @fuse_handler
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
+        raise NotPermitted("the mount does not store extended attributes")
+
+
+def _check_database_header(off: int, buf: bytes) -> None:
+    """Refuse a write that puts anything but SQLite's magic in a database's first 16 bytes."""
+    end = min(len(SQLITE_MAGIC), off + len(buf))
+    if buf[: end - off] != SQLITE_MAGIC[off:end]:
+        raise InvalidContent("only SQLite databases can be stored in the mount")
+
+
+def _attrs_from_stat(st: os.stat_result, ino: int, mtime_ns: int) -> pyfuse3.EntryAttributes:
+    attrs = pyfuse3.EntryAttributes()
+    attrs.st_ino = ino
+    attrs.generation = 0
+    attrs.entry_timeout = CACHE_TIMEOUT
+    attrs.attr_timeout = CACHE_TIMEOUT
+    attrs.st_mode = st.st_mode
+    attrs.st_nlink = 1
+    attrs.st_uid = st.st_uid
+    attrs.st_gid = st.st_gid
+    attrs.st_rdev = 0
+    attrs.st_size = st.st_size
+    attrs.st_blksize = st.st_blksize
+    attrs.st_blocks = st.st_blocks
+    attrs.st_atime_ns = mtime_ns
+    attrs.st_mtime_ns = mtime_ns
+    attrs.st_ctime_ns = mtime_ns
+    return attrs
+
+
+def _negative_entry() -> pyfuse3.EntryAttributes:
+    attrs = pyfuse3.EntryAttributes()
+    attrs.st_ino = 0
+    attrs.entry_timeout = CACHE_TIMEOUT
+    return attrs

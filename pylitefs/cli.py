@@ -1,0 +1,73 @@
+"""The `pylitefs` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import trio
+
+from fs.mount import MountError
+from pylitefs import __version__, node
+from pylitefs.config import ConfigError, load, with_overrides
+
+log = logging.getLogger("pylitefs")
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    parser = argparse.ArgumentParser(prog="pylitefs", description="A replicating FUSE filesystem for SQLite.")
+    parser.add_argument("--version", action="version", version=f"pylitefs {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    mount = sub.add_parser("mount", help="mount the filesystem and serve until SIGINT/SIGTERM")
+    mount.add_argument("--config", "-config", metavar="FILE",
+                       help="config file (default: ./litefs.yml, then /etc/litefs.yml)")
+    mount.add_argument("--fuse.dir", dest="fuse.dir", metavar="DIR", help="mount point (overrides fuse.dir)")
+    mount.add_argument("--data.dir", dest="data.dir", metavar="DIR", help="data directory (overrides data.dir)")
+    mount.add_argument("--fuse.allow-other", dest="fuse.allow-other", action="store_const", const=True,
+                       help="let other users access the mount")
+    mount.add_argument("--fuse.debug", dest="fuse.debug", action="store_const", const=True,
+                       help="log every FUSE request")
+    mount.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if args.command == "mount":
+        return _mount(args)
+    raise AssertionError(args.command)  # argparse rejects unknown commands
+
+
+def _mount(args: argparse.Namespace) -> int:
+    overrides: dict[str, Any] = {
+        key: value for key, value in vars(args).items() if "." in key and value is not None
+    }
+    try:
+        config = with_overrides(load(args.config), overrides)
+    except ConfigError as exc:
+        print(f"pylitefs: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        trio.run(node.run, config)
+    except MountError as exc:
+        print(f"pylitefs: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""Configuration: a YAML file with LiteFS-compatible keys, then flag overrides.
+
+The file's text has `$VAR` and `${VAR}` expanded from the environment before
+it is parsed (an unset variable expands to the empty string, `$$` is a `$`),
+as LiteFS does. Unknown keys, wrong types and contradictory settings are a
+`ConfigError` whose message names the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+#: Where `pylitefs mount` looks for a config file when none is given.
+DEFAULT_CONFIG_PATHS = ("litefs.yml", "/etc/litefs.yml")
+DEFAULT_FUSE_DIR = "/litefs"
+DEFAULT_DATA_DIR = "/var/lib/litefs"
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message says which key and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class FuseConfig:
+    """`fuse:` — the mount."""
+
+    dir: str = DEFAULT_FUSE_DIR
+    allow_other: bool = False
+    debug: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DataConfig:
+    """`data:` — where databases are stored."""
+
+    dir: str = DEFAULT_DATA_DIR
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole configuration of a node."""
+
+    fuse: FuseConfig = field(default_factory=FuseConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def validate(self) -> Config:
+        """Return self, or raise ConfigError for contradictory settings."""
+        if not self.fuse.dir:
+            raise ConfigError("fuse.dir must not be empty")
+        if not self.data.dir:
+            raise ConfigError("data.dir must not be empty")
+        fuse_dir = os.path.realpath(self.fuse.dir)
+        data_dir = os.path.realpath(self.data.dir)
+        if fuse_dir == data_dir:
+            raise ConfigError(f"fuse.dir and data.dir are the same directory ({fuse_dir})")
+        if data_dir.startswith(fuse_dir + os.sep):
+            raise ConfigError(f"data.dir ({data_dir}) must not be inside fuse.dir ({fuse_dir})")
+        return self
+
+
+_ENV_PATTERN = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
+
+
+def expand_env(text: str, env: Mapping[str, str] | None = None) -> str:
+    """Expand `$VAR`, `${VAR}` and `$$` in `text`; unset variables become ''."""
+    environ = os.environ if env is None else env
+
+    def replace(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(2)
+        return "$" if name is None else environ.get(name, "")
+
+    return _ENV_PATTERN.sub(replace, text)
+
+
+def parse(text: str, *, source: str = "<config>", env: Mapping[str, str] | None = None) -> Config:
+    """Parse YAML text into a validated Config."""
+    try:
+        raw = yaml.safe_load(expand_env(text, env))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: invalid YAML: {exc}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections")
+    try:
+        return _build(Config, raw, "").validate()
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def load(path: str | None) -> Config:
+    """Load `path`, or the first of DEFAULT_CONFIG_PATHS that exists, or defaults."""
+    if path is None:
+        path = next((p for p in DEFAULT_CONFIG_PATHS if os.path.exists(p)), None)
+        if path is None:
+            return Config().validate()
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    return parse(text, source=path)
+
+
+def with_overrides(config: Config, overrides: Mapping[str, Any]) -> Config:
+    """Return `config` with dotted keys (e.g. `fuse.dir`) replaced, validated."""
+    for dotted, value in overrides.items():
+        section_name, _, key = dotted.partition(".")
+        section = getattr(config, section_name)
+        section = dataclasses.replace(section, **{key.replace("-", "_"): value})
+        config = dataclasses.replace(config, **{section_name: section})
+    return config.validate()
+
+
+def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        attr = str(key).replace("-", "_")
+        dotted = f"{prefix}{key}"
+        if attr not in names:
+            raise ConfigError(f"unknown key '{dotted}'")
+        kind = hints[attr]
+        if dataclasses.is_dataclass(kind):
+            if value is None:
+                value = {}
+            if not isinstance(value, dict):
+                raise ConfigError(f"'{dotted}' must be a mapping")
+            values[attr] = _build(kind, value, dotted + ".")
+        else:
+            values[attr] = _coerce(value, kind, dotted)
+    return cls(**values)
+
+
+def _coerce(value: Any, kind: Any, dotted: str) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ConfigError(f"'{dotted}' must be true or false, not {value!r}")
+    if kind is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"'{dotted}' must be a string, not {value!r}")
+    if kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"'{dotted}' must be an integer, not {value!r}")
+    raise ConfigError(f"'{dotted}' has an unsupported type")  # pragma: no cover

@@ -1,0 +1,55 @@
+"""The node: runs the mount for a configuration until a signal asks it to stop."""
+
+from __future__ import annotations
+
+import logging
+import signal
+
+import trio
+
+from fs.mount import MountOptions, data_dir_lock, serve
+from fs.operations import Operations
+from pylitefs.config import Config
+
+log = logging.getLogger(__name__)
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+async def run(config: Config) -> None:
+    """Mount, log one line when ready, and unmount cleanly on SIGINT/SIGTERM.
+
+    Returns when a stop signal arrives or the kernel ends the FUSE session
+    (e.g. an administrator unmounted it). Raises MountError when the mount
+    cannot start.
+    """
+    options = MountOptions(
+        mountpoint=config.fuse.dir,
+        data_dir=config.data.dir,
+        allow_other=config.fuse.allow_other,
+        debug=config.fuse.debug,
+    )
+    with trio.open_signal_receiver(*STOP_SIGNALS) as signals, data_dir_lock(options.data_dir):
+        ops = Operations(options.data_dir)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(_serve_then_cancel, ops, options, nursery.cancel_scope)
+                log.info("pylitefs ready: %s mounted (data dir %s)", options.mountpoint, options.data_dir)
+                async for signum in signals:
+                    log.info("received %s: unmounting", signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+                    break
+        finally:
+            ops.close()
+
+
+async def _serve_then_cancel(
+    ops: Operations,
+    options: MountOptions,
+    scope: trio.CancelScope,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    await serve(ops, options, task_status=task_status)
+    log.info("FUSE session ended")
+    scope.cancel()

@@ -1,0 +1,1 @@
+"""Transactions, the on-disk log, rolling checksums and the replica stream."""
