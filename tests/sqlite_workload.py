@@ -1,0 +1,191 @@
+"""SQLite worker processes for the multi-process tests (run as a script).
+
+    python sqlite_workload.py setup  DB MODE
+    python sqlite_workload.py writer DB MODE --txns N --seed S [--mmap]
+    python sqlite_workload.py reader DB MODE --stop-file F [--mmap]
+
+Schema: `items(id, writer, v, payload)` and one `counter(n, total)` row. Every
+write transaction inserts (or sometimes deletes) one item and updates the
+counter in the same transaction, so inside any read transaction
+`count(items) == counter.n` and `sum(v) == counter.total`. A reader that sees
+otherwise prints the violation and exits 3. Each worker prints one JSON line
+with what it did; a writer prints `{"committed": k}` after every commit so a
+test that kills it knows what SQLite acknowledged.
+
+MODE is delete | truncate | persist | wal | wal-exclusive. In wal-exclusive
+every connection uses `locking_mode=EXCLUSIVE`, so workers open, do a small
+batch and close, retrying while another process holds the database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sqlite3
+import sys
+import time
+
+BUSY_TIMEOUT_S = 30.0
+EXCLUSIVE_BATCH = 5
+# In wal-exclusive a process holds the database from open to close; SQLite's
+# busy handler sleeps up to 100 ms a try and loses every race against a
+# process that reopens at once, so there workers retry with their own
+# short random back-off instead.
+EXCLUSIVE_BUSY_TIMEOUT_S = 0.002
+EXCLUSIVE_BACKOFF_S = 0.004
+MODES = ("delete", "truncate", "persist", "wal", "wal-exclusive")
+
+
+def connect(db: str, mode: str, mmap: bool) -> sqlite3.Connection:
+    """A connection in autocommit mode with this mode's per-connection pragmas."""
+    timeout = EXCLUSIVE_BUSY_TIMEOUT_S if mode == "wal-exclusive" else BUSY_TIMEOUT_S
+    conn = sqlite3.connect(db, timeout=timeout, isolation_level=None)
+    try:
+        if mode == "wal-exclusive":
+            conn.execute("PRAGMA locking_mode=EXCLUSIVE")
+        conn.execute("PRAGMA synchronous=" + ("FULL" if mode in ("delete", "persist") else "NORMAL"))
+        if mmap:
+            conn.execute("PRAGMA mmap_size=268435456")
+    except BaseException:
+        conn.close()  # a half-open connection would keep its locks
+        raise
+    return conn
+
+
+def setup(db: str, mode: str) -> None:
+    """Create the schema in `mode`."""
+    conn = sqlite3.connect(db, isolation_level=None)
+    journal = "wal" if mode.startswith("wal") else mode
+    got = conn.execute(f"PRAGMA journal_mode={journal}").fetchone()[0]
+    if got != journal:
+        raise SystemExit(f"journal_mode={journal} answered {got}")
+    conn.executescript(
+        """
+        CREATE TABLE IF NOT EXISTS items(id INTEGER PRIMARY KEY, writer INT, v INT, payload BLOB);
+        CREATE TABLE IF NOT EXISTS counter(n INT, total INT);
+        INSERT INTO counter SELECT 0, 0 WHERE NOT EXISTS (SELECT 1 FROM counter);
+        """
+    )
+    conn.close()
+
+
+def is_busy(exc: sqlite3.OperationalError) -> bool:
+    """True for the errors a SQLite application retries."""
+    text = str(exc)
+    return "locked" in text or "busy" in text
+
+
+def write_one(conn: sqlite3.Connection, rng: random.Random, writer: int) -> tuple[int, int]:
+    """One write transaction; returns (inserted, deleted)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if rng.random() < 0.15:
+            row = conn.execute("SELECT id, v FROM items ORDER BY random() LIMIT 1").fetchone()
+            if row is not None:
+                conn.execute("DELETE FROM items WHERE id=?", (row[0],))
+                conn.execute("UPDATE counter SET n=n-1, total=total-?", (row[1],))
+                conn.execute("COMMIT")
+                return 0, 1
+        v = rng.randrange(1, 1000)
+        size = rng.choice((10, 100, 500, 3000)) if rng.random() < 0.95 else 20000
+        conn.execute("INSERT INTO items(writer, v, payload) VALUES(?, ?, randomblob(?))", (writer, v, size))
+        conn.execute("UPDATE counter SET n=n+1, total=total+?", (v,))
+        conn.execute("COMMIT")
+        return 1, 0
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def writer(db: str, mode: str, txns: int, seed: int, mmap: bool) -> None:
+    """Run `txns` write transactions, retrying busy ones."""
+    rng = random.Random(seed)
+    inserted = deleted = retries = done = 0
+    conn: sqlite3.Connection | None = None
+    while done < txns:
+        try:
+            if conn is None:
+                conn = connect(db, mode, mmap)
+            ins, dele = write_one(conn, rng, seed)
+            inserted += ins
+            deleted += dele
+            done += 1
+            print(json.dumps({"committed": done}), flush=True)
+            if mode == "wal-exclusive" and done % EXCLUSIVE_BATCH == 0:
+                conn.close()
+                conn = None
+                time.sleep(rng.random() * EXCLUSIVE_BACKOFF_S)
+        except sqlite3.OperationalError as exc:
+            if not is_busy(exc):
+                raise
+            retries += 1
+            if conn is not None and mode == "wal-exclusive":
+                conn.close()
+                conn = None
+            time.sleep(rng.random() * EXCLUSIVE_BACKOFF_S)
+    if conn is not None:
+        conn.close()
+    print(json.dumps({"role": "writer", "inserted": inserted, "deleted": deleted, "retries": retries}))
+
+
+def reader(db: str, mode: str, stop_file: str, mmap: bool) -> None:
+    """Check the invariant in read transactions until `stop_file` exists."""
+    checks = retries = 0
+    conn: sqlite3.Connection | None = None
+    while True:
+        stopping = os.path.exists(stop_file)
+        try:
+            if conn is None:
+                conn = connect(db, mode, mmap)
+            conn.execute("BEGIN")
+            count, vsum = conn.execute("SELECT count(*), coalesce(sum(v), 0) FROM items").fetchone()
+            n, total = conn.execute("SELECT n, total FROM counter").fetchone()
+            conn.execute("COMMIT")
+            if (count, vsum) != (n, total):
+                print(json.dumps({"violation": {"count": count, "sum": vsum, "n": n, "total": total}}),
+                      flush=True)
+                sys.exit(3)
+            checks += 1
+            if mode == "wal-exclusive" and checks % EXCLUSIVE_BATCH == 0:
+                conn.close()
+                conn = None
+                time.sleep(random.random() * EXCLUSIVE_BACKOFF_S)
+        except sqlite3.OperationalError as exc:
+            if not is_busy(exc):
+                raise
+            retries += 1
+            if conn is not None:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if mode == "wal-exclusive":
+                    conn.close()
+                    conn = None
+            time.sleep(random.random() * EXCLUSIVE_BACKOFF_S)
+        if stopping:
+            break
+    print(json.dumps({"role": "reader", "checks": checks, "retries": retries}))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("role", choices=["setup", "writer", "reader"])
+    parser.add_argument("db")
+    parser.add_argument("mode", choices=MODES)
+    parser.add_argument("--txns", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--stop-file")
+    parser.add_argument("--mmap", action="store_true")
+    args = parser.parse_args(argv)
+    if args.role == "setup":
+        setup(args.db, args.mode)
+    elif args.role == "writer":
+        writer(args.db, args.mode, args.txns, args.seed, args.mmap)
+    else:
+        reader(args.db, args.mode, args.stop_file, args.mmap)
+
+
+if __name__ == "__main__":
+    main()
