@@ -66,26 +66,40 @@ def check_fuse_device(device: str = FUSE_DEVICE) -> None:
 def prepare_mountpoint(mountpoint: str) -> None:
     """Make sure `mountpoint` is an existing, unused directory.
 
-    A stale FUSE mount left by a daemon that died (its directory answers
-    ENOTCONN) is detached first; a live mount is refused.
+    A stale FUSE mount left by a daemon that died is detached first; a live
+    mount is refused. Staleness is probed with a directory listing, which
+    always reaches the daemon (a stat may be answered from the kernel's
+    attribute cache even after the daemon died).
     """
-    try:
-        os.stat(mountpoint)
-    except FileNotFoundError:
-        raise MountError(f"mount point {mountpoint} does not exist (create it first)") from None
-    except OSError as exc:
-        if exc.errno != errno.ENOTCONN:
-            raise MountError(f"cannot use mount point {mountpoint}: {exc.strerror}") from None
-        log.warning("clearing stale mount at %s left by a daemon that died", mountpoint)
-        unmount(mountpoint)
+    if not os.path.lexists(mountpoint):
+        raise MountError(f"mount point {mountpoint} does not exist (create it first)")
+    if _is_mountpoint(mountpoint):
         try:
-            os.stat(mountpoint)
-        except OSError as exc2:
-            raise MountError(f"cannot clear stale mount at {mountpoint}: {exc2.strerror}") from None
+            os.listdir(mountpoint)
+        except OSError as exc:
+            if exc.errno != errno.ENOTCONN:
+                raise MountError(f"cannot use mount point {mountpoint}: {exc.strerror}") from None
+            log.warning("clearing stale mount at %s left by a daemon that died", mountpoint)
+            unmount(mountpoint)
+            if _is_mountpoint(mountpoint):
+                raise MountError(f"cannot clear stale mount at {mountpoint}") from None
+        else:
+            raise MountError(f"mount point {mountpoint} is busy: something is already mounted there")
     if not os.path.isdir(mountpoint):
         raise MountError(f"mount point {mountpoint} is not a directory")
-    if os.path.ismount(mountpoint):
-        raise MountError(f"mount point {mountpoint} is busy: something is already mounted there")
+
+
+def _is_mountpoint(path: str) -> bool:
+    try:
+        return os.path.ismount(path)
+    except OSError:
+        return True  # a dead FUSE mount can fail even the stat
+
+
+def preflight(options: MountOptions) -> None:
+    """Check the FUSE device and the mount point; raise MountError when unusable."""
+    check_fuse_device()
+    prepare_mountpoint(options.mountpoint)
 
 
 def unmount(mountpoint: str) -> bool:
@@ -137,11 +151,12 @@ async def serve(
 ) -> None:
     """Mount `ops` at `options.mountpoint` and serve requests until cancelled.
 
+    Run `preflight(options)` first: it turns the usual mistakes into one-line
+    MountErrors before anything is mounted.
+
     Calls `task_status.started()` once the mount is in place. Always unmounts
     before returning, also when cancelled or failing.
     """
-    check_fuse_device()
-    prepare_mountpoint(options.mountpoint)
     try:
         pyfuse3.init(ops, options.mountpoint, options.fuse_options())
     except RuntimeError as exc:

@@ -61,12 +61,14 @@ def _mount(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"pylitefs: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    failures: list[str] = []
     try:
         trio.run(node.run, config)
-    except MountError as exc:
-        print(f"pylitefs: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    return 0
+    except* MountError as group:
+        failures = [str(exc) for exc in group.exceptions]
+    for message in failures:
+        print(f"pylitefs: {message}", file=sys.stderr)
+    return EXIT_FAILURE if failures else 0
 
 
 if __name__ == "__main__":

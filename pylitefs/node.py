@@ -7,7 +7,7 @@ import signal
 
 import trio
 
-from fs.mount import MountOptions, data_dir_lock, serve
+from fs.mount import MountOptions, data_dir_lock, preflight, serve
 from fs.operations import Operations
 from pylitefs.config import Config
 
@@ -30,6 +30,7 @@ async def run(config: Config) -> None:
         debug=config.fuse.debug,
     )
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals, data_dir_lock(options.data_dir):
+        preflight(options)
         ops = Operations(options.data_dir)
         try:
             async with trio.open_nursery() as nursery:
