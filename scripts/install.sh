@@ -34,7 +34,11 @@ fi
 if [[ ! -x .venv/bin/python ]]; then
     "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[test]'
+if ! { .venv/bin/python -m pip install -q --upgrade pip &&
+        .venv/bin/python -m pip install -q -e '.[test]'; } >.venv/install.log 2>&1; then
+    cat .venv/install.log >&2
+    echo "install: pip failed (log above, also in .venv/install.log)" >&2
+    exit 1
+fi
 touch "$stamp"
 echo "install: .venv ready ($(.venv/bin/python --version))"

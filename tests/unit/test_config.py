@@ -1,0 +1,68 @@
+"""Configuration parsing: LiteFS-compatible keys, env expansion, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from pylitefs.config import Config, ConfigError, expand_env, parse, with_overrides
+
+
+def test_defaults() -> None:
+    config = parse("")
+    assert config == Config()
+    assert config.fuse.dir == "/litefs" and config.data.dir == "/var/lib/litefs"
+    assert not config.fuse.allow_other and not config.fuse.debug
+
+
+def test_litefs_keys() -> None:
+    config = parse("fuse:\n  dir: /mnt/a\n  allow-other: true\n  debug: false\ndata:\n  dir: /srv/data\n")
+    assert config.fuse.dir == "/mnt/a" and config.fuse.allow_other is True
+    assert config.data.dir == "/srv/data"
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "expected"),
+    [
+        ("$A/x", {"A": "/a"}, "/a/x"),
+        ("${A}x", {"A": "/a"}, "/ax"),
+        ("$MISSING|${MISSING}", {}, "|"),
+        ("cost: $$5", {}, "cost: $5"),
+        ("$1 stays", {}, "$1 stays"),
+    ],
+)
+def test_expand_env(text: str, env: dict[str, str], expected: str) -> None:
+    assert expand_env(text, env) == expected
+
+
+def test_env_expansion_in_file() -> None:
+    config = parse("fuse:\n  dir: ${ROOT}/mnt\ndata:\n  dir: $ROOT/data\n", env={"ROOT": "/r"})
+    assert (config.fuse.dir, config.data.dir) == ("/r/mnt", "/r/data")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("fuse:\n  colour: blue\n", "unknown key 'fuse.colour'"),
+        ("lease:\n  type: static\n", "unknown key 'lease'"),
+        ("fuse: [1, 2]\n", "'fuse' must be a mapping"),
+        ("fuse:\n  allow-other: sometimes\n", "'fuse.allow-other' must be true or false"),
+        ("fuse:\n  dir: [a]\n", "'fuse.dir' must be a string"),
+        ("- a\n- b\n", "the top level must be a mapping"),
+        ("fuse: {dir: /a\n", "invalid YAML"),
+        ("fuse:\n  dir: /same\ndata:\n  dir: /same/\n", "fuse.dir and data.dir are the same directory"),
+        ("fuse:\n  dir: /m\ndata:\n  dir: /m/data\n", "must not be inside fuse.dir"),
+        ("fuse:\n  dir: ''\n", "fuse.dir must not be empty"),
+    ],
+)
+def test_errors_name_the_key(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse(text, source="litefs.yml")
+    assert str(info.value).startswith("litefs.yml: ")
+    assert message in str(info.value)
+
+
+def test_flag_overrides_win_and_are_validated() -> None:
+    config = with_overrides(parse("fuse:\n  dir: /a\n"), {"fuse.dir": "/b", "fuse.allow-other": True})
+    assert config.fuse.dir == "/b" and config.fuse.allow_other
+    with pytest.raises(ConfigError):
+        with_overrides(config, {"data.dir": "/b"})
