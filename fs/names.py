@@ -1,9 +1,9 @@
 """Which names may exist in the mount, and what each one is.
 
-The mount is one flat directory. A name is a SQLite database, or one of a
-database's three companions (`-journal`, `-wal`, `-shm`). Names starting with
-a dot and names ending in `-pos` are reserved for files the daemon itself
-serves; SQLite super-journals (`-mjXXXXXXXX`, multi-database commits in
+The mount is one flat directory. A name is a SQLite database, one of a
+database's three companions (`-journal`, `-wal`, `-shm`), or its read-only
+position file (`-pos`), which the daemon serves itself. Names starting with a
+dot are reserved; SQLite super-journals (`-mjXXXXXXXX`, multi-database commits in
 rollback mode) are refused, because a transaction spanning several databases
 cannot be replicated atomically.
 """
@@ -24,12 +24,14 @@ class Kind(enum.Enum):
     JOURNAL = "journal"
     WAL = "wal"
     SHM = "shm"
+    POSITION = "position"
 
 
 COMPANION_SUFFIXES: dict[str, Kind] = {
     "-journal": Kind.JOURNAL,
     "-wal": Kind.WAL,
     "-shm": Kind.SHM,
+    "-pos": Kind.POSITION,
 }
 
 _SUPER_JOURNAL = re.compile(r"-mj[0-9A-Fa-f]{8}$")
@@ -50,8 +52,6 @@ def classify(name: str) -> FileName:
         raise NotPermitted(f"invalid name {name!r}")
     if name.startswith("."):
         raise NotPermitted(f"{name!r}: names starting with '.' are reserved")
-    if name.endswith("-pos"):
-        raise NotPermitted(f"{name!r}: names ending in '-pos' are reserved")
     if _SUPER_JOURNAL.search(name):
         raise NotPermitted(
             f"{name!r}: SQLite super-journals (transactions across ATTACHed "

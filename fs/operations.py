@@ -27,15 +27,21 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 import trio
 
+from fs.capture import Capture, CommitSink
 from fs.errors import FsError, InvalidContent, NotFound, NotPermitted, Unsupported
 from fs.inodes import ROOT_INODE, Inode, InodeTable
-from fs.names import Kind, classify, is_valid
+from fs.names import FileName, Kind, classify, is_valid
 
 log = logging.getLogger(__name__)
 
 #: Seconds the kernel may cache entries and attributes, negative lookups too.
 #: Only the daemon changes files, and it invalidates what it changes itself.
 CACHE_TIMEOUT = 3600.0
+#: `-pos` entries come and go with their database: cache them briefly.
+POSITION_TIMEOUT = 1.0
+#: File handles of `-pos` files start here, far above any descriptor number.
+_FIRST_VIRTUAL_FH = 1 << 32
+POSITION_SIZE = 34  # 16 hex digits, '/', 16 hex digits, newline (LiteFS's format)
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
@@ -82,13 +88,18 @@ class Operations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False  # commit capture must see every write
 
-    def __init__(self, data_dir: str) -> None:
+    def __init__(self, data_dir: str, sink: CommitSink | None = None) -> None:
+        """Serve `data_dir`; with a `sink`, capture every committed transaction into it."""
         super().__init__()
         self.data_dir = data_dir
         self._dir_fd = os.open(data_dir, os.O_RDONLY | os.O_DIRECTORY)
         self._inodes = InodeTable()
         self._handles: dict[int, Handle] = {}
         self._root_mtime_ns = os.stat(self._dir_fd).st_mtime_ns
+        self._sink = sink
+        self._capture = Capture(sink, self._dir_fd) if sink is not None else None
+        self._positions: dict[int, str] = {}  # fh of an open -pos file -> database
+        self._next_virtual_fh = _FIRST_VIRTUAL_FH
 
     def close(self) -> None:
         """Close every descriptor the operations hold."""
@@ -106,6 +117,8 @@ class Operations(pyfuse3.Operations):
         return attrs
 
     def _inode_attrs(self, inode: Inode) -> pyfuse3.EntryAttributes:
+        if inode.kind is Kind.POSITION:
+            return self._position_attrs(inode)
         if inode.name is not None:
             st = os.stat(inode.name.name, dir_fd=self._dir_fd, follow_symlinks=False)
         elif inode.fds:
@@ -117,6 +130,8 @@ class Operations(pyfuse3.Operations):
     def _bind(self, name: str) -> tuple[Inode, pyfuse3.EntryAttributes]:
         """Bind `name` (existing in the data dir) to an inode and count the lookup."""
         fname = classify(name)
+        if fname.kind is Kind.POSITION:
+            return self._bind_position(fname)
         inode = self._inodes.by_name(name)
         if inode is None:
             st = os.stat(name, dir_fd=self._dir_fd, follow_symlinks=False)
@@ -138,6 +153,44 @@ class Operations(pyfuse3.Operations):
         if parent_inode != ROOT_INODE:
             raise NotFound("the mount has no subdirectories")
 
+    # ---------------------------------------------------- position files
+
+    def _bind_position(self, fname: FileName) -> tuple[Inode, pyfuse3.EntryAttributes]:
+        if self._sink is None:
+            raise NotFound("position files exist only when capture is on")
+        os.stat(fname.database, dir_fd=self._dir_fd)  # FileNotFoundError: no such database
+        inode = self._inodes.bind(fname, self._root_mtime_ns)
+        inode.lookups += 1
+        return inode, self._position_attrs(inode)
+
+    @staticmethod
+    def _position_attrs(inode: Inode) -> pyfuse3.EntryAttributes:
+        attrs = _negative_entry()
+        attrs.st_ino = inode.ino
+        attrs.entry_timeout = POSITION_TIMEOUT
+        attrs.attr_timeout = POSITION_TIMEOUT
+        attrs.st_mode = stat.S_IFREG | 0o444
+        attrs.st_nlink = 1
+        attrs.st_size = POSITION_SIZE
+        attrs.st_blksize = 4096
+        attrs.st_atime_ns = attrs.st_mtime_ns = attrs.st_ctime_ns = inode.mtime_ns
+        return attrs
+
+    def _open_position(self, fname: FileName, flags: int) -> pyfuse3.FileInfo:
+        if flags & os.O_ACCMODE != os.O_RDONLY:
+            raise pyfuse3.FUSEError(errno.EACCES)
+        fh = self._next_virtual_fh
+        self._next_virtual_fh += 1
+        self._positions[fh] = fname.database
+        # direct_io: the content changes with every commit while the size does not.
+        return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
+
+    def _position_text(self, db: str) -> bytes:
+        """LiteFS's position format: 16 hex digits of TXID, '/', 16 of checksum, newline."""
+        assert self._sink is not None
+        txid, checksum = self._sink.position(db) or (0, 0)
+        return f"{txid:016x}/{checksum:016x}\n".encode()
+
     # ------------------------------------------------------------- handlers
 
     @fuse_handler
@@ -153,6 +206,10 @@ class Operations(pyfuse3.Operations):
         try:
             return self._bind(text)[1]
         except FileNotFoundError:
+            return _negative_entry()
+        except NotFound:
+            if text.endswith("-pos"):
+                raise  # uncached: the database may appear at any moment
             return _negative_entry()
 
     @fuse_handler
@@ -186,7 +243,12 @@ class Operations(pyfuse3.Operations):
         else:
             raise NotFound(f"inode {inode} was deleted")
         at = {} if isinstance(target, int) else {"dir_fd": self._dir_fd}
+        if node.kind is Kind.POSITION:
+            raise NotPermitted("position files are read-only")
         if fields.update_size:
+            db = node.name.database if node.name is not None else None
+            if self._capture is not None and db is not None and node.kind is Kind.JOURNAL:
+                self._capture.journal_truncate(db, attr.st_size)
             if isinstance(target, int):
                 os.ftruncate(target, attr.st_size)
             else:
@@ -195,6 +257,8 @@ class Operations(pyfuse3.Operations):
                     os.ftruncate(fd, attr.st_size)
                 finally:
                     os.close(fd)
+            if self._capture is not None and db is not None and node.kind is Kind.WAL:
+                self._capture.wal_truncated(db, attr.st_size)
         if fields.update_mode:
             os.chmod(target, stat.S_IMODE(attr.st_mode), **at)
         if fields.update_uid or fields.update_gid:
@@ -236,10 +300,19 @@ class Operations(pyfuse3.Operations):
     @fuse_handler
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         self._check_root(parent_inode)
-        text = os.fsdecode(name)
-        classify(text)
-        os.unlink(text, dir_fd=self._dir_fd)
-        self._inodes.unbind(text)
+        fname = classify(os.fsdecode(name))
+        if fname.kind is Kind.POSITION:
+            raise NotPermitted("position files cannot be deleted")
+        capture = self._capture
+        if capture is not None and fname.kind is Kind.JOURNAL:
+            capture.journal_unlink(fname.database)
+        os.unlink(fname.name, dir_fd=self._dir_fd)
+        self._inodes.unbind(fname.name)
+        if capture is not None:
+            if fname.kind is Kind.WAL:
+                capture.wal_unlinked(fname.database)
+            elif fname.kind is Kind.DATABASE:
+                capture.database_unlinked(fname.database)
 
     @fuse_handler
     async def rename(
@@ -256,6 +329,8 @@ class Operations(pyfuse3.Operations):
         old, new = classify(os.fsdecode(name_old)), classify(os.fsdecode(name_new))
         if old.kind is not new.kind:
             raise NotPermitted(f"cannot rename a {old.kind.value} file to a {new.kind.value} name")
+        if old.kind is Kind.POSITION:
+            raise NotPermitted("position files cannot be renamed")
         if flags & pyfuse3.RENAME_EXCHANGE:
             raise Unsupported("RENAME_EXCHANGE is not supported")
         if flags & pyfuse3.RENAME_NOREPLACE:
@@ -267,12 +342,16 @@ class Operations(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(errno.EEXIST)
         os.rename(old.name, new.name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
         self._inodes.rename(old.name, new)
+        if self._capture is not None and old.kind is Kind.DATABASE:
+            self._capture.database_renamed(old.name, new.name)
 
     @fuse_handler
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         node = self._inode(inode)
         if node.name is None:
             raise NotFound(f"inode {inode} was deleted")
+        if node.kind is Kind.POSITION:
+            return self._open_position(node.name, flags)
         fd = os.open(node.name.name, flags & ~_STRIP_OPEN_FLAGS, dir_fd=self._dir_fd)
         return self._new_handle(fd, node)
 
@@ -282,6 +361,8 @@ class Operations(pyfuse3.Operations):
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         self._check_root(parent_inode)
         fname = classify(os.fsdecode(name))
+        if fname.kind is Kind.POSITION:
+            raise NotPermitted("position files are served by pylitefs and cannot be created")
         if not stat.S_ISREG(mode):
             raise NotPermitted("the mount holds only regular files")
         open_flags = (flags & ~_STRIP_OPEN_FLAGS) | os.O_CREAT | (flags & os.O_EXCL)
@@ -303,13 +384,28 @@ class Operations(pyfuse3.Operations):
 
     @fuse_handler
     async def read(self, fh: int, off: int, size: int) -> bytes:
+        if fh >= _FIRST_VIRTUAL_FH:
+            return self._position_text(self._positions[fh])[off : off + size]
         return os.pread(fh, size, off)
 
     @fuse_handler
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        if off < len(SQLITE_MAGIC) and self._handles[fh].inode.kind is Kind.DATABASE:
+        inode = self._handles[fh].inode
+        kind = inode.kind
+        if off < len(SQLITE_MAGIC) and kind is Kind.DATABASE:
             _check_database_header(off, buf)
-        return os.pwrite(fh, buf, off)
+        capture = self._capture
+        if capture is None or inode.name is None:
+            return os.pwrite(fh, buf, off)
+        db = inode.name.database
+        if kind is Kind.DATABASE:
+            capture.database_write(db, off, buf)
+        elif kind is Kind.JOURNAL:
+            capture.journal_write(db, off, buf)
+        written = os.pwrite(fh, buf, off)
+        if kind is Kind.WAL:
+            capture.wal_written(db, off, buf[:written])
+        return written
 
     @fuse_handler
     async def flush(self, fh: int) -> None:
@@ -317,13 +413,27 @@ class Operations(pyfuse3.Operations):
 
     @fuse_handler
     async def release(self, fh: int) -> None:
+        if fh >= _FIRST_VIRTUAL_FH:
+            del self._positions[fh]
+            return
         handle = self._handles.pop(fh)
         os.close(fh)
         self._inodes.closed(handle.inode, fh)
 
     @fuse_handler
     async def fsync(self, fh: int, datasync: bool) -> None:
-        await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, fh)
+        if fh >= _FIRST_VIRTUAL_FH:
+            return
+        inode = self._handles[fh].inode
+        capture = self._capture
+        db = inode.name.database if capture is not None and inode.name is not None else None
+
+        def flush() -> None:
+            (os.fdatasync if datasync else os.fsync)(fh)
+            if capture is not None and db is not None:
+                capture.sync(db)
+
+        await trio.to_thread.run_sync(flush)
 
     @fuse_handler
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
@@ -333,7 +443,10 @@ class Operations(pyfuse3.Operations):
 
     @fuse_handler
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        names = sorted(n for n in os.listdir(self._dir_fd) if is_valid(n))
+        names = [n for n in os.listdir(self._dir_fd) if is_valid(n)]
+        if self._sink is not None:
+            names += [f"{n}-pos" for n in names if classify(n).kind is Kind.DATABASE]
+        names.sort()
         for index in range(start_id, len(names)):
             try:
                 inode, attrs = self._bind(names[index])
@@ -349,7 +462,14 @@ class Operations(pyfuse3.Operations):
 
     @fuse_handler
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
-        await trio.to_thread.run_sync(os.fsync, self._dir_fd)
+        capture = self._capture
+
+        def flush() -> None:
+            os.fsync(self._dir_fd)
+            if capture is not None:
+                capture.sync_pending()
+
+        await trio.to_thread.run_sync(flush)
 
     @fuse_handler
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:

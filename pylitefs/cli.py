@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 from collections.abc import Sequence
@@ -36,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument("--fuse.debug", dest="fuse.debug", action="store_const", const=True,
                        help="log every FUSE request")
     mount.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    # Benchmarks only: a plain passthrough mount that records no transactions.
+    mount.add_argument("--no-capture", dest="capture", action="store_false", help=argparse.SUPPRESS)
     return parser
 
 
@@ -63,7 +66,7 @@ def _mount(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     failures: list[str] = []
     try:
-        trio.run(node.run, config)
+        trio.run(functools.partial(node.run, config, capture=args.capture))
     except* MountError as group:
         failures = [str(exc) for exc in group.exceptions]
     for message in failures:

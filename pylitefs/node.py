@@ -3,25 +3,33 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
 
 import trio
 
 from fs.mount import MountOptions, data_dir_lock, preflight, serve
 from fs.operations import Operations
 from pylitefs.config import Config
+from pylitefs.startup import recover_databases
+from replication.store import Store
+
+#: Under data.dir: the transaction logs and the node's own state.
+STATE_DIR = ".pylitefs"
 
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-async def run(config: Config) -> None:
-    """Mount, log one line when ready, and unmount cleanly on SIGINT/SIGTERM.
+async def run(config: Config, *, capture: bool = True) -> None:
+    """Recover, mount, log one line when ready, and unmount cleanly on SIGINT/SIGTERM.
 
-    Returns when a stop signal arrives or the kernel ends the FUSE session
-    (e.g. an administrator unmounted it). Raises MountError when the mount
-    cannot start.
+    With `capture` (always, but for benchmarks), every committed transaction
+    is recorded in the data dir's transaction logs. Returns when a stop signal
+    arrives or the kernel ends the FUSE session (e.g. an administrator
+    unmounted it). Raises MountError when the mount cannot start.
     """
     options = MountOptions(
         mountpoint=config.fuse.dir,
@@ -31,7 +39,11 @@ async def run(config: Config) -> None:
     )
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals, data_dir_lock(options.data_dir):
         preflight(options)
-        ops = Operations(options.data_dir)
+        store = None
+        if capture:
+            store = Store(os.path.join(options.data_dir, STATE_DIR), node_id=socket.gethostname())
+            await trio.to_thread.run_sync(recover_databases, options.data_dir, store)
+        ops = Operations(options.data_dir, sink=store)
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(_serve_then_cancel, ops, options, nursery.cancel_scope)
@@ -42,6 +54,8 @@ async def run(config: Config) -> None:
                     break
         finally:
             ops.close()
+            if store is not None:
+                store.close()
 
 
 async def _serve_then_cancel(

@@ -20,12 +20,13 @@ from __future__ import annotations
 import hashlib
 from array import array
 from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import reduce
 from operator import xor
 
 from fs.formats import FormatError, check_page_size, lock_page
 
-__all__ = ["ChecksumError", "PageHashes", "database_checksum", "page_hash"]
+__all__ = ["ChecksumError", "HashUpdate", "PageHashes", "database_checksum", "page_hash"]
 
 _DIGEST = 8
 
@@ -51,6 +52,19 @@ class _ZeroPages:
         h = self._state.copy()
         h.update(pgno.to_bytes(4, "big"))
         return int.from_bytes(h.digest(), "big")
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class HashUpdate:
+    """A transaction's effect on a `PageHashes`, computed by `plan()`; `checksum` is the result."""
+
+    owner: PageHashes
+    base_size: int
+    base_checksum: int
+    commit_size: int
+    grown: array[int] | None
+    changed: list[tuple[int, int]]  # (page index, new hash)
+    checksum: int
 
 
 class PageHashes:
@@ -101,6 +115,17 @@ class PageHashes:
         zeros; the lock page is ignored. Raises ChecksumError, changing
         nothing, on a page number < 1 or a page of the wrong size.
         """
+        return self.apply_update(self.plan(pages, commit_size))
+
+    def plan(
+        self, pages: Mapping[int, bytes | bytearray | memoryview], commit_size: int
+    ) -> HashUpdate:
+        """What `apply(pages, commit_size)` would do, computed without changing anything.
+
+        `plan(...).checksum` is the checksum after the transaction; pass the
+        plan to `apply_update` to make it so (e.g. once the transaction is
+        safely logged), or drop it. Raises like `apply`.
+        """
         if commit_size < 0:
             raise ChecksumError(f"negative commit size {commit_size}")
         for pgno, page in pages.items():
@@ -113,11 +138,11 @@ class PageHashes:
         hashes = self._hashes
         total = self._checksum
         old_size = len(hashes)
+        lock = self._lock_page
+        grown: array[int] | None = None
         if commit_size < old_size:
             total ^= reduce(xor, hashes[commit_size:], 0)
-            del hashes[commit_size:]
         elif commit_size > old_size:
-            lock = self._lock_page
             zero = self._zero
             grown = array(
                 "Q",
@@ -127,16 +152,39 @@ class PageHashes:
                 ),
             )
             total ^= reduce(xor, grown, 0)
-            hashes.extend(grown)
-        lock = self._lock_page
+        changed: list[tuple[int, int]] = []
         for pgno, page in pages.items():
             if pgno > commit_size or pgno == lock:
                 continue
             new = page_hash(pgno, page)
-            total ^= hashes[pgno - 1] ^ new
-            hashes[pgno - 1] = new
-        self._checksum = total
-        return total
+            # A page past the old size is in `grown`, where its slot holds 0.
+            if pgno <= old_size:
+                total ^= hashes[pgno - 1]
+            total ^= new
+            changed.append((pgno - 1, new))
+        return HashUpdate(self, old_size, self._checksum, commit_size, grown, changed, total)
+
+    def apply_update(self, update: HashUpdate) -> int:
+        """Make a `plan` of this object happen; return the new checksum.
+
+        Raises ChecksumError, changing nothing, if the plan was made by another
+        object or this one changed since the plan was made.
+        """
+        hashes = self._hashes
+        if (
+            update.owner is not self
+            or update.base_size != len(hashes)
+            or update.base_checksum != self._checksum
+        ):
+            raise ChecksumError("stale checksum update: the page hashes changed since plan()")
+        if update.commit_size < update.base_size:
+            del hashes[update.commit_size :]
+        elif update.grown is not None:
+            hashes.extend(update.grown)
+        for index, new in update.changed:
+            hashes[index] = new
+        self._checksum = update.checksum
+        return update.checksum
 
     def copy(self) -> PageHashes:
         """An independent copy (e.g. to try a transaction before committing to it)."""

@@ -24,8 +24,10 @@ import json
 import os
 import random
 import sqlite3
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 BUSY_TIMEOUT_S = 30.0
 EXCLUSIVE_BATCH = 5
@@ -167,6 +169,46 @@ def reader(db: str, mode: str, stop_file: str, mmap: bool) -> None:
         if stopping:
             break
     print(json.dumps({"role": "reader", "checks": checks, "retries": retries}))
+
+
+def run_workload(db: Path, mode: str, stop_file: Path, *, txns: int, writers: int = 4, readers: int = 2,
+                 deadline_s: float = 400) -> dict[str, list[dict]]:
+    """Run writer and reader processes against `db` to completion; their final JSON reports.
+
+    Asserts that every process exited 0 (no invariant violation, no SQLite error).
+    """
+    subprocess.run([sys.executable, __file__, "setup", str(db), mode], check=True, timeout=60)
+    procs: list[tuple[str, subprocess.Popen[str]]] = []
+    try:
+        for r in range(readers):
+            args = [sys.executable, __file__, "reader", str(db), mode, "--stop-file", str(stop_file)]
+            procs.append(("reader", subprocess.Popen(args + (["--mmap"] if r % 2 else []),
+                                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
+        for w in range(writers):
+            args = [sys.executable, __file__, "writer", str(db), mode, "--txns", str(txns), "--seed", str(w + 1)]
+            procs.append(("writer", subprocess.Popen(args + (["--mmap"] if w % 2 else []),
+                                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
+        deadline = time.monotonic() + deadline_s
+        reports: dict[str, list[dict]] = {"writer": [], "reader": []}
+        for role, proc in procs:
+            if role == "reader":
+                continue
+            out, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            assert proc.returncode == 0, f"writer failed ({proc.returncode}):\n{err}\n{out[-2000:]}"
+            reports["writer"].append(json.loads(out.splitlines()[-1]))
+        stop_file.touch()
+        for role, proc in procs:
+            if role != "reader":
+                continue
+            out, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            assert proc.returncode == 0, f"reader failed ({proc.returncode}):\n{err}\n{out[-2000:]}"
+            reports["reader"].append(json.loads(out.splitlines()[-1]))
+        return reports
+    finally:
+        for _, proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,59 +9,17 @@ unmount and remount — and the file in the mount equals the data-dir file.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import MountFactory, integrity
+from tests.sqlite_workload import run_workload
 
 pytestmark = pytest.mark.fuse
 
-WORKLOAD = str(Path(__file__).resolve().parent.parent / "sqlite_workload.py")
 WRITERS = 4
-READERS = 2
 TXNS_PER_WRITER = 600
-DEADLINE_S = 400
-
-
-def run_workload(db: Path, mode: str, stop_file: Path, txns: int = TXNS_PER_WRITER) -> dict[str, list[dict]]:
-    """Run writers and readers against `db` to completion; their final JSON reports."""
-    subprocess.run([sys.executable, WORKLOAD, "setup", str(db), mode], check=True, timeout=60)
-    procs: list[tuple[str, subprocess.Popen[str]]] = []
-    try:
-        for r in range(READERS):
-            args = [sys.executable, WORKLOAD, "reader", str(db), mode, "--stop-file", str(stop_file)]
-            procs.append(("reader", subprocess.Popen(args + (["--mmap"] if r % 2 else []),
-                                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
-        for w in range(WRITERS):
-            args = [sys.executable, WORKLOAD, "writer", str(db), mode, "--txns", str(txns), "--seed", str(w + 1)]
-            procs.append(("writer", subprocess.Popen(args + (["--mmap"] if w % 2 else []),
-                                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
-        deadline = time.monotonic() + DEADLINE_S
-        reports: dict[str, list[dict]] = {"writer": [], "reader": []}
-        for role, proc in procs:
-            if role == "reader":
-                continue
-            out, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
-            assert proc.returncode == 0, f"writer failed ({proc.returncode}):\n{err}\n{out[-2000:]}"
-            reports["writer"].append(json.loads(out.splitlines()[-1]))
-        stop_file.touch()
-        for role, proc in procs:
-            if role != "reader":
-                continue
-            out, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
-            assert proc.returncode == 0, f"reader failed ({proc.returncode}):\n{err}\n{out[-2000:]}"
-            reports["reader"].append(json.loads(out.splitlines()[-1]))
-        return reports
-    finally:
-        for _, proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
 
 
 def final_state(db: Path) -> tuple[int, int, int]:
@@ -80,7 +38,7 @@ def final_state(db: Path) -> tuple[int, int, int]:
 def test_many_processes_one_database(mounts: MountFactory, mode: str, tmp_path: Path) -> None:
     node = mounts.start()
     db = node.mountpoint / "stress.db"
-    reports = run_workload(db, mode, tmp_path / "stop")
+    reports = run_workload(db, mode, tmp_path / "stop", txns=TXNS_PER_WRITER, writers=WRITERS)
 
     inserted = sum(r["inserted"] for r in reports["writer"])
     deleted = sum(r["deleted"] for r in reports["writer"])

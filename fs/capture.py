@@ -1,0 +1,255 @@
+"""Commit capture: the writes the mount passes through, turned into committed transactions.
+
+The mount calls `Capture` around every write, truncate, unlink, rename and
+fsync of a database, journal or WAL file; `Capture` recognises SQLite's
+commit points (DESIGN.md §3) and hands each committed transaction to a
+`CommitSink` *before* SQLite learns that it committed:
+
+- rollback journal (`DELETE`, `TRUNCATE`, `PERSIST`): while the journal is hot
+  (valid magic), the byte ranges SQLite writes into the database are recorded;
+  the commit point is the journal losing its magic — unlinked, truncated, or
+  its header zeroed. The transaction (final content of the written pages, read
+  back from the data dir, and the database size) is handed to the sink before
+  that unlink/truncate/write is performed;
+- WAL: every write to `-wal` is fed to `fs.formats.wal.WalTracker` after it
+  reached the data dir; a commit it reports is handed to the sink before the
+  write is acknowledged.
+
+A rollback-mode database written while no journal is hot (`journal_mode=MEMORY`
+or `OFF`) is refused with EIO before anything reaches the file: such a
+transaction has no commit point on disk and cannot be replicated.
+
+Durability follows SQLite's own `synchronous` promise: `sync(db)` is requested
+whenever SQLite fsyncs one of the database's files, and `sync_pending()` when
+it fsyncs the directory (how `DELETE` mode makes its commit durable).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from fs.errors import FsError
+from fs.formats import FormatError
+from fs.formats.dbheader import parse_db_header
+from fs.formats.journal import JOURNAL_MAGIC
+from fs.formats.wal import WalTracker
+
+log = logging.getLogger(__name__)
+
+DB_HEADER_SIZE = 100
+_READ_VERSION_OFFSET = 19
+_WAL_VERSION = 2
+
+
+class CommitSink(Protocol):
+    """Where captured transactions go (implemented by `replication.store.Store`)."""
+
+    def commit(self, db: str, page_size: int, commit_size: int, pages: Mapping[int, bytes]) -> None:
+        """Record a committed transaction; appended to the log when it returns, or raises."""
+
+    def drop(self, db: str) -> None:
+        """`db` was deleted."""
+
+    def sync(self, db: str) -> None:
+        """Make everything recorded for `db` durable (may run in a worker thread)."""
+
+    def rename(self, old: str, new: str) -> None:
+        """The database `old` is now called `new`."""
+
+    def position(self, db: str) -> tuple[int, int] | None:
+        """(TXID, checksum) after the last transaction of `db`, or None."""
+
+
+class CaptureError(FsError):
+    """A write the mount refuses because it could not be replicated; the application sees EIO."""
+
+    errno = errno.EIO
+
+
+@dataclass(slots=True)
+class _Database:
+    """What capture knows about one database between commit points."""
+
+    journal_magic: bytes = b""  # first bytes of the -journal, as last written
+    dirty: dict[int, int] = field(default_factory=dict)  # db write offset -> length
+    wal: WalTracker | None = None
+
+
+class Capture:
+    """Recognises the commit points of every database in one data dir."""
+
+    def __init__(self, sink: CommitSink, dir_fd: int) -> None:
+        self._sink = sink
+        self._dir_fd = dir_fd
+        self._dbs: dict[str, _Database] = {}
+        self._unsynced: set[str] = set()
+
+    def _db(self, name: str) -> _Database:
+        state = self._dbs.get(name)
+        if state is None:
+            state = self._dbs[name] = _Database(journal_magic=self._read_journal_magic(name))
+        return state
+
+    # ------------------------------------------------------ database file
+
+    def database_write(self, db: str, off: int, data: bytes) -> None:
+        """Called before `data` is written at `off` into database `db`; raises to refuse it."""
+        state = self._db(db)
+        if state.journal_magic == JOURNAL_MAGIC:
+            state.dirty[off] = max(len(data), state.dirty.get(off, 0))
+            return
+        if not self._is_wal_mode(db, off, data):
+            log.error(
+                "refusing a write to %s with no rollback journal: journal_mode=MEMORY and OFF "
+                "are not supported (use DELETE, TRUNCATE, PERSIST or WAL)", db)
+            raise CaptureError(f"{db}: write without a journal")
+        # WAL mode: the database file is written only by checkpoints, which
+        # change no logical content.
+
+    def _is_wal_mode(self, db: str, off: int, data: bytes) -> bool:
+        if off <= _READ_VERSION_OFFSET < off + len(data):
+            return data[_READ_VERSION_OFFSET - off] == _WAL_VERSION
+        fd = os.open(db, os.O_RDONLY, dir_fd=self._dir_fd)
+        try:
+            version = os.pread(fd, 1, _READ_VERSION_OFFSET)
+        finally:
+            os.close(fd)
+        return version == bytes([_WAL_VERSION])
+
+    # ---------------------------------------------------------- journal
+
+    def journal_write(self, db: str, off: int, data: bytes) -> None:
+        """Called before a write to `db`'s journal; commits if it zeroes a hot header."""
+        if off >= len(JOURNAL_MAGIC):
+            return
+        state = self._db(db)
+        magic = bytearray(state.journal_magic.ljust(len(JOURNAL_MAGIC), b"\0"))
+        end = min(len(JOURNAL_MAGIC), off + len(data))
+        magic[off:end] = data[: end - off]
+        self._journal_header_becomes(db, state, bytes(magic))
+
+    def journal_truncate(self, db: str, size: int) -> None:
+        """Called before `db`'s journal is truncated to `size` bytes."""
+        if size < len(JOURNAL_MAGIC):
+            state = self._db(db)
+            self._journal_header_becomes(db, state, state.journal_magic[:size])
+
+    def journal_unlink(self, db: str) -> None:
+        """Called before `db`'s journal is deleted."""
+        self._journal_header_becomes(db, self._db(db), b"")
+
+    def _journal_header_becomes(self, db: str, state: _Database, magic: bytes) -> None:
+        if state.journal_magic == JOURNAL_MAGIC and magic != JOURNAL_MAGIC:
+            self._commit_rollback(db, state)
+        elif magic == JOURNAL_MAGIC and state.journal_magic != JOURNAL_MAGIC:
+            state.dirty.clear()  # a new transaction starts
+        state.journal_magic = magic
+
+    def _commit_rollback(self, db: str, state: _Database) -> None:
+        if not state.dirty:
+            return  # the journal held no change that reached the database
+        fd = os.open(db, os.O_RDONLY, dir_fd=self._dir_fd)
+        try:
+            header = parse_db_header(os.pread(fd, DB_HEADER_SIZE, 0))
+            page_size = header.page_size
+            size = header.page_count or os.fstat(fd).st_size // page_size
+            pgnos = sorted({pgno for off, length in state.dirty.items()
+                            for pgno in range(off // page_size + 1, (off + length - 1) // page_size + 2)
+                            if pgno <= size})
+            pages = {pgno: os.pread(fd, page_size, (pgno - 1) * page_size) for pgno in pgnos}
+        except (OSError, FormatError) as exc:
+            log.error("cannot read the transaction of %s back from the data dir: %s", db, exc)
+            raise CaptureError(f"{db}: cannot read committed pages") from None
+        finally:
+            os.close(fd)
+        self._hand_over(db, page_size, size, pages)
+        state.dirty.clear()
+
+    # -------------------------------------------------------------- WAL
+
+    def wal_written(self, db: str, off: int, data: bytes) -> None:
+        """Called after `data` reached `db`'s WAL at `off`; hands over what it committed."""
+        state = self._db(db)
+        if state.wal is None:
+            state.wal = self._load_wal(db)
+        for commit in state.wal.write(off, data):
+            self._hand_over(db, commit.page_size, commit.commit_size, commit.pages)
+
+    def wal_truncated(self, db: str, size: int) -> None:
+        """Called after `db`'s WAL was truncated to `size` bytes."""
+        state = self._db(db)
+        if state.wal is not None:
+            state.wal.truncate(size)
+
+    def wal_unlinked(self, db: str) -> None:
+        """Called after `db`'s WAL was deleted."""
+        state = self._db(db)
+        if state.wal is not None:
+            state.wal.reset()
+
+    def _load_wal(self, db: str) -> WalTracker:
+        """A tracker that knows the frames already committed in the WAL file."""
+        try:
+            fd = os.open(f"{db}-wal", os.O_RDONLY, dir_fd=self._dir_fd)
+        except FileNotFoundError:
+            return WalTracker()
+        try:
+            data = os.pread(fd, os.fstat(fd).st_size, 0)
+        finally:
+            os.close(fd)
+        tracker, _ = WalTracker.from_wal(data)
+        return tracker
+
+    # ----------------------------------------------------- whole database
+
+    def database_unlinked(self, db: str) -> None:
+        """Called after database `db` was deleted."""
+        self._dbs.pop(db, None)
+        self._sink.drop(db)
+        self._unsynced.add(db)
+
+    def database_renamed(self, old: str, new: str) -> None:
+        """Called after database `old` was renamed to `new`."""
+        self._dbs.pop(new, None)
+        state = self._dbs.pop(old, None)
+        if state is not None:
+            self._dbs[new] = state
+        self._sink.rename(old, new)
+        if old in self._unsynced:
+            self._unsynced.discard(old)
+            self._unsynced.add(new)
+
+    # ------------------------------------------------------- durability
+
+    def sync(self, db: str) -> None:
+        """SQLite fsynced a file of `db`: make its log as durable. Thread-safe."""
+        self._unsynced.discard(db)
+        self._sink.sync(db)
+
+    def sync_pending(self) -> None:
+        """SQLite fsynced the directory: make every log with unsynced commits durable."""
+        for db in list(self._unsynced):
+            self.sync(db)
+
+    def _hand_over(self, db: str, page_size: int, commit_size: int, pages: Mapping[int, bytes]) -> None:
+        try:
+            self._sink.commit(db, page_size, commit_size, pages)
+        except Exception:
+            log.exception("cannot record a transaction of %s; failing the application's commit", db)
+            raise CaptureError(f"{db}: cannot record the transaction") from None
+        self._unsynced.add(db)
+
+    def _read_journal_magic(self, db: str) -> bytes:
+        try:
+            fd = os.open(f"{db}-journal", os.O_RDONLY, dir_fd=self._dir_fd)
+        except FileNotFoundError:
+            return b""
+        try:
+            return os.pread(fd, len(JOURNAL_MAGIC), 0)
+        finally:
+            os.close(fd)

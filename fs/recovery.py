@@ -1,0 +1,114 @@
+"""Startup recovery of the databases in a data dir, before the mount serves anything.
+
+For each database: a hot rollback journal is played back into the database
+file exactly as SQLite would (the interrupted transaction never committed),
+then the committed content is computed — the database file with the
+committed frames of its WAL applied — so the node can compare it with the
+last position in the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+from fs.formats import FormatError
+from fs.formats.dbheader import parse_db_header
+from fs.formats.journal import JournalState, classify_journal, parse_journal
+from fs.formats.wal import WalCommit, WalTracker
+from fs.names import Kind, classify, is_valid
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveredDatabase:
+    """A database as it is committed on disk after recovery."""
+
+    name: str
+    page_size: int
+    database_file: bytes  # the database file as it is on disk
+    image: bytes  # database file with the committed WAL frames applied
+    wal_commits: tuple[WalCommit, ...]  # committed transactions still in the WAL, oldest first
+
+
+def databases(dir_fd: int) -> Iterator[str]:
+    """Names of the databases stored in the data dir."""
+    for name in sorted(os.listdir(dir_fd)):
+        if is_valid(name) and classify(name).kind is Kind.DATABASE:
+            yield name
+
+
+def _read(dir_fd: int, name: str) -> bytes | None:
+    try:
+        fd = os.open(name, os.O_RDONLY, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    try:
+        return os.pread(fd, os.fstat(fd).st_size, 0)
+    finally:
+        os.close(fd)
+
+
+def roll_back_hot_journal(dir_fd: int, db: str) -> bool:
+    """Play a hot `-journal` back into `db` and delete it; True if it was hot.
+
+    The database is restored page by page to its content before the
+    interrupted transaction, truncated to its original size, fsynced, and only
+    then is the journal removed (and the directory fsynced).
+    """
+    journal_name = f"{db}-journal"
+    data = _read(dir_fd, journal_name)
+    if data is None or classify_journal(data) is not JournalState.HOT:
+        return False
+    try:
+        journal = parse_journal(data)
+    except FormatError as exc:
+        log.warning("%s: journal has a hot header but cannot be parsed (%s); leaving it to SQLite",
+                    journal_name, exc)
+        return False
+    fd = os.open(db, os.O_RDWR, dir_fd=dir_fd)
+    try:
+        pages = journal.original_pages()
+        for pgno, page in pages.items():
+            os.pwrite(fd, page, (pgno - 1) * journal.page_size)
+        if journal.initial_page_count:
+            os.ftruncate(fd, journal.initial_page_count * journal.page_size)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.unlink(journal_name, dir_fd=dir_fd)
+    os.fsync(dir_fd)
+    log.warning("%s: rolled back an interrupted transaction from its hot journal (%d pages)",
+                db, len(pages))
+    return True
+
+
+def recover(dir_fd: int, db: str) -> RecoveredDatabase:
+    """Roll back `db`'s hot journal, then return its committed content."""
+    roll_back_hot_journal(dir_fd, db)
+    database_file = _read(dir_fd, db) or b""
+    image = bytearray(database_file)
+    page_size = parse_db_header(image).page_size if len(image) >= 100 else 0
+    commits: tuple[WalCommit, ...] = ()
+    wal = _read(dir_fd, f"{db}-wal")
+    if wal:
+        _, found = WalTracker.from_wal(wal)
+        commits = tuple(found)
+        for commit in commits:
+            apply_pages(image, commit.page_size, commit.commit_size, commit.pages)
+            page_size = commit.page_size
+    return RecoveredDatabase(db, page_size, database_file, bytes(image), commits)
+
+
+def apply_pages(image: bytearray, page_size: int, commit_size: int, pages: Mapping[int, bytes]) -> None:
+    """Write `pages` into `image` and set its size to `commit_size` pages."""
+    size = commit_size * page_size
+    if len(image) < size:
+        image.extend(bytes(size - len(image)))
+    for pgno, page in pages.items():
+        if pgno <= commit_size:
+            image[(pgno - 1) * page_size : pgno * page_size] = page
+    del image[size:]

@@ -1,0 +1,67 @@
+"""Bringing the data dir and the transaction logs into agreement before mounting.
+
+For every database: roll back a hot journal (fs.recovery), compute the
+committed content (database file + committed WAL frames), and load it into the
+store. The log can lag the WAL by the last few commits — a crash after SQLite's
+commit frame reached the data dir but before its transaction reached the log —
+and those commits are then logged now. Any other disagreement is reported at
+ERROR level and resolved by logging a full snapshot of the database as the
+next TXID, so replicas resynchronise from it: never silently accepted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from fs.recovery import RecoveredDatabase, apply_pages, databases, recover
+from replication.store import ChecksumMismatchError, Store
+
+log = logging.getLogger(__name__)
+
+
+def recover_databases(data_dir: str, store: Store) -> None:
+    """Recover every database of `data_dir` into `store` (blocking: run in a thread)."""
+    dir_fd = os.open(data_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        names = list(databases(dir_fd))
+        for db in names:
+            _recover_one(store, recover(dir_fd, db))
+    finally:
+        os.close(dir_fd)
+    for db in store.databases():
+        if db not in names:
+            store.load(db, b"")  # deleted while the daemon was down: logged as a drop
+    log.info("recovered %d database(s)", len(names))
+
+
+def _recover_one(store: Store, rec: RecoveredDatabase) -> None:
+    try:
+        store.load(rec.name, rec.image)
+        return
+    except ChecksumMismatchError as exc:
+        mismatch = exc
+    for logged_commits in range(len(rec.wal_commits) - 1, -1, -1):
+        image = _image_after(rec, logged_commits)
+        try:
+            store.load(rec.name, image)
+        except ChecksumMismatchError:
+            continue
+        missing = rec.wal_commits[logged_commits:]
+        for commit in missing:
+            store.commit(rec.name, commit.page_size, commit.commit_size, commit.pages)
+        log.warning("%s: logged %d committed WAL transaction(s) that had not reached the log",
+                    rec.name, len(missing))
+        return
+    log.error("%s: the database does not match its log (logged checksum %016x at TXID %d, "
+              "on disk %016x); logging a full snapshot so that replicas resynchronise",
+              rec.name, mismatch.logged, mismatch.txid, mismatch.actual)
+    store.load(rec.name, rec.image, reset=True)
+
+
+def _image_after(rec: RecoveredDatabase, commits: int) -> bytes:
+    """The database file with only the first `commits` committed WAL transactions applied."""
+    image = bytearray(rec.database_file)
+    for commit in rec.wal_commits[:commits]:
+        apply_pages(image, commit.page_size, commit.commit_size, commit.pages)
+    return bytes(image)

@@ -1,0 +1,445 @@
+"""The primary's transaction store: numbers, checksums and logs each committed transaction.
+
+`Store` is the mount's `CommitSink` (fs/capture.py). Per database it keeps
+an append-only `TransactionLog` in `<root>/logs/<db>.log`, and in memory the
+per-page hashes (`PageHashes`) from which each transaction's rolling checksum
+is computed. TXIDs are consecutive per database name, also across a drop and
+a later re-creation; the log is the source of truth for them.
+
+At startup the node calls `load(db, image)` for every database with the
+committed database image: the store checks it against the log's last
+checksum (`ChecksumMismatchError` if they differ — never silently accepted),
+or, for a database with no log yet, logs one snapshot transaction holding
+every page, so that replaying a log from TXID 1 always rebuilds the database.
+
+Threads: `commit`, `drop`, `rename`, `load`, `add_listener`,
+`remove_listener`, `replay` and `close` run on one thread (the mount's trio
+thread); `sync`, `position`, `read`, `databases` and `compact` are safe from
+any thread, concurrently with those (`sync` and `compact` block on disk I/O:
+run them in a worker thread). Listeners are called synchronously on the
+committing thread, after the record is appended and before `commit` returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, replace
+
+from fs.formats import FormatError, lock_page
+from fs.formats.dbheader import parse_db_header
+from replication.checksum import PageHashes
+from replication.log import LogClosedError, TransactionLog, _fsync_dir
+from replication.txn import Transaction
+
+__all__ = [
+    "DEFAULT_RETENTION_SECONDS",
+    "ChecksumMismatchError",
+    "Listener",
+    "Store",
+    "StoreError",
+]
+
+log = logging.getLogger(__name__)
+
+#: How long transactions stay in a log by default (seconds).
+DEFAULT_RETENTION_SECONDS = 600.0
+LOG_SUFFIX = ".log"
+
+Listener = Callable[[Transaction], None]
+ImageSource = bytes | bytearray | memoryview | Callable[[], bytes | bytearray | memoryview]
+
+
+class StoreError(Exception):
+    """A store operation that cannot be done (bad name, database not loaded, ...)."""
+
+
+class ChecksumMismatchError(StoreError):
+    """A database's content does not match the checksum its log ends with."""
+
+    def __init__(self, db: str, txid: int, logged: int, actual: int) -> None:
+        super().__init__(
+            f"{db}: the database's checksum {actual:016x} is not the checksum "
+            f"{logged:016x} its log ends with at TXID {txid}"
+        )
+        self.db = db
+        self.txid = txid
+        self.logged = logged
+        self.actual = actual
+
+
+@dataclass(slots=True, eq=False)
+class _Db:
+    log: TransactionLog
+    # The database's page hashes, or None when it has no content in the log
+    # (nothing logged yet, or the last transaction dropped it).
+    hashes: PageHashes | None
+    # False while the log says the database exists but load() has not
+    # computed its hashes: commits are refused.
+    loaded: bool
+
+
+class Store:
+    """Per-database transaction logs under `<root>/logs`, and their rolling checksums."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        node_id: str,
+        *,
+        retention_seconds: float = DEFAULT_RETENTION_SECONDS,
+        retention_max_bytes: int | None = None,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.root = os.fspath(root)
+        self.node_id = node_id
+        self.retention_seconds = retention_seconds
+        self.retention_max_bytes = retention_max_bytes
+        self._clock = clock
+        self.logs_dir = os.path.join(self.root, "logs")
+        self._dbs: dict[str, _Db] = {}
+        self._listeners: tuple[Listener, ...] = ()
+        if not os.path.isdir(self.logs_dir):
+            os.makedirs(self.logs_dir, exist_ok=True)
+            _fsync_dir(self.root)
+            _fsync_dir(os.path.dirname(os.path.abspath(self.root)))
+
+    # ------------------------------------------------------------ CommitSink
+
+    def commit(self, db: str, page_size: int, commit_size: int, pages: Mapping[int, bytes]) -> None:
+        """Log a committed transaction of `db` (appended, not fsynced, when this returns).
+
+        `pages` holds the final content of every changed page, `commit_size`
+        the database size in pages after it. A transaction that changes the
+        page size must hold every page (except the lock page). Raises on any
+        failure, leaving the log and the in-memory state as they were.
+        """
+        state = self._dbs.get(db) or self._open(db)
+        if not state.loaded:
+            raise StoreError(f"{db}: its log has transactions but load() was not called")
+        hashes = state.hashes
+        pre = hashes.checksum if hashes is not None else 0
+        if hashes is None or hashes.page_size != page_size:
+            if hashes is not None:
+                _check_full(db, page_size, commit_size, pages)
+            hashes = PageHashes(page_size)
+        update = hashes.plan(pages, commit_size)
+        last = state.log.last
+        txn = Transaction(
+            db=db,
+            txid=last.txid + 1 if last is not None else 1,
+            page_size=page_size,
+            commit_size=commit_size,
+            pages=pages,
+            timestamp_ns=self._clock(),
+            node_id=self.node_id,
+            pre_checksum=pre,
+            post_checksum=update.checksum,
+        )
+        state.log.append(txn)
+        hashes.apply_update(update)
+        state.hashes = hashes
+        self._notify(txn)
+
+    def drop(self, db: str) -> None:
+        """Log that `db` was deleted (a dropped transaction); a no-op if it has no content."""
+        state = self._dbs.get(db) or self._open(db)
+        last = state.log.last
+        if last is None or last.dropped:
+            return
+        self._append(state, self._dropped(db, last))
+        state.hashes = None
+        state.loaded = True
+
+    def sync(self, db: str) -> None:
+        """fsync `db`'s log (any thread; returns at once when nothing is new)."""
+        state = self._dbs.get(db)
+        if state is not None:
+            state.log.sync()
+
+    def rename(self, old: str, new: str) -> None:
+        """The database `old` is now called `new`: its log and state move with it.
+
+        The records are rewritten under the new name (TXIDs and checksums
+        unchanged) into `new`'s log, replacing whatever `new` had; `old`'s log
+        becomes one dropped transaction, so its TXIDs stay monotonic. A
+        replica that held `new` before notices the change through its
+        checksums and needs a snapshot. Blocking (copies and fsyncs the log).
+        """
+        _check_name(old)
+        _check_name(new)
+        if old == new:
+            return
+        src = self._dbs.get(old) or self._open(old)
+        last = src.log.last
+        if last is None or last.dropped:
+            # Nothing known was renamed: `new` now holds an unlogged file.
+            self.drop(new)
+            return
+        if not src.loaded:
+            raise StoreError(f"{old}: its log has transactions but load() was not called")
+        src.log.sync()
+        tombstone = self._dropped(old, last)
+        new_path = self._path(new)
+        new_tmp = new_path + ".rename"
+        old_tmp = src.log.path + ".rename"
+        try:
+            _write_log(new_tmp, (replace(txn, db=new) for txn in src.log.read()))
+            _write_log(old_tmp, [tombstone])
+        except BaseException:
+            for tmp in (new_tmp, old_tmp):
+                _unlink_quietly(tmp)
+            raise
+        # Closed first, so that a compaction running in another thread cannot
+        # rename its copy over the files replaced here.
+        src.log.close()
+        dst = self._dbs.pop(new, None)
+        if dst is not None:
+            dst.log.close()
+        # A crash between the two renames leaves `old` dropped and `new` with
+        # its previous log (or none): load() then reports a mismatch for `new`
+        # (or snapshots it): never a silently wrong history.
+        os.rename(old_tmp, src.log.path)
+        os.rename(new_tmp, new_path)
+        _fsync_dir(self.logs_dir)
+        self._dbs[old] = _Db(TransactionLog.open(self._path(old)), None, True)
+        self._dbs[new] = _Db(TransactionLog.open(new_path), src.hashes, True)
+        self._notify(tombstone)
+
+    def position(self, db: str) -> tuple[int, int] | None:
+        """(TXID, post-checksum) of `db`'s last transaction, or None (any thread)."""
+        state = self._dbs.get(db)
+        last = state.log.last if state is not None else None
+        return None if last is None else (last.txid, last.post_checksum)
+
+    # ------------------------------------------------------------ listeners
+
+    def add_listener(self, callback: Listener) -> None:
+        """Call `callback(txn)` after every transaction is appended (on the committing thread).
+
+        A listener must be quick and must not raise: an exception is logged
+        and ignored (the transaction is already logged).
+        """
+        self._listeners = (*self._listeners, callback)
+
+    def remove_listener(self, callback: Listener) -> None:
+        self._listeners = tuple(cb for cb in self._listeners if cb is not callback)
+
+    def _notify(self, txn: Transaction) -> None:
+        for callback in self._listeners:
+            try:
+                callback(txn)
+            except Exception:
+                log.exception("transaction listener %r failed on %s TXID %d",
+                              callback, txn.db, txn.txid)
+
+    # ------------------------------------------------------------ startup
+
+    def databases(self) -> list[str]:
+        """Names of the databases that have a log, on disk or open."""
+        names = {n[: -len(LOG_SUFFIX)] for n in os.listdir(self.logs_dir) if n.endswith(LOG_SUFFIX)}
+        return sorted(names | set(self._dbs))
+
+    def load(self, db: str, image: ImageSource, *, reset: bool = False) -> tuple[int, int] | None:
+        """Open `db`'s log (cutting a torn tail) and check it against the committed image.
+
+        `image` is the database's committed content (bytes, or a callable
+        returning them; empty when the file does not exist). Equal checksums:
+        ready. Empty log: one snapshot transaction with every page is logged
+        (TXID 1). Different checksums: ChecksumMismatchError — or, with
+        `reset`, an ERROR log line and a snapshot transaction that continues
+        the TXIDs. Returns the position afterwards.
+        """
+        if callable(image):
+            image = image()
+        hashes = _image_hashes(db, image)
+        actual = hashes.checksum if hashes is not None else 0
+        state = self._dbs.get(db) or self._open(db)
+        state.loaded = False
+        last = state.log.last
+        if last is None or last.dropped:
+            if hashes is not None:
+                if last is not None and not reset:
+                    raise ChecksumMismatchError(db, last.txid, last.post_checksum, actual)
+                self._snapshot(state, db, image, hashes, last)
+        elif last.post_checksum != actual:
+            if not reset:
+                raise ChecksumMismatchError(db, last.txid, last.post_checksum, actual)
+            log.error("%s: database checksum %016x is not %016x logged at TXID %d; "
+                      "logging a snapshot of the database as TXID %d",
+                      db, actual, last.post_checksum, last.txid, last.txid + 1)
+            if hashes is None:
+                self._append(state, self._dropped(db, last))
+            else:
+                self._snapshot(state, db, image, hashes, last)
+        state.hashes = hashes
+        state.loaded = True
+        state.log.sync()
+        return self.position(db)
+
+    def _snapshot(
+        self, state: _Db, db: str, image: bytes | bytearray | memoryview,
+        hashes: PageHashes, last: Transaction | None,
+    ) -> None:
+        page_size = hashes.page_size
+        lock = lock_page(page_size)
+        view = memoryview(image)
+        pages = {
+            pgno: bytes(view[(pgno - 1) * page_size : pgno * page_size])
+            for pgno in range(1, hashes.commit_size + 1)
+            if pgno != lock
+        }
+        self._append(state, Transaction(
+            db=db,
+            txid=last.txid + 1 if last is not None else 1,
+            page_size=page_size,
+            commit_size=hashes.commit_size,
+            pages=pages,
+            timestamp_ns=self._clock(),
+            node_id=self.node_id,
+            pre_checksum=last.post_checksum if last is not None else 0,
+            post_checksum=hashes.checksum,
+        ))
+
+    # ------------------------------------------------------------ reading
+
+    def read(self, db: str, from_txid: int | None = None) -> Iterator[Transaction]:
+        """`db`'s logged transactions from `from_txid` (see TransactionLog.read)."""
+        state = self._dbs.get(db)
+        if state is None:
+            raise StoreError(f"{db}: no such database in the store")
+        return state.log.read(from_txid)
+
+    def replay(self, db: str, upto_txid: int | None = None) -> bytes:
+        """The database image after TXID `upto_txid` (default: the last), from the log.
+
+        Applies every transaction from TXID 1; raises StoreError if the log
+        no longer starts there (retention) or does not reach `upto_txid`.
+        """
+        state = self._dbs.get(db) or self._open(db)
+        txlog = state.log
+        if len(txlog) and txlog.first_txid != 1:
+            raise StoreError(f"{db}: the log starts at TXID {txlog.first_txid}, not 1")
+        last = txlog.last
+        if upto_txid is not None and (last is None or upto_txid > last.txid):
+            raise StoreError(f"{db}: the log ends before TXID {upto_txid}")
+        image = bytearray()
+        page_size = 0
+        if last is None:
+            return b""
+        for txn in txlog.read():
+            if upto_txid is not None and txn.txid > upto_txid:
+                break
+            if txn.dropped or txn.page_size != page_size:
+                image = bytearray()  # a new page size comes with every page
+                page_size = txn.page_size
+            size = txn.commit_size * page_size
+            if len(image) > size:
+                del image[size:]
+            else:
+                image.extend(bytes(size - len(image)))
+            for pgno, page in txn.pages.items():
+                image[(pgno - 1) * page_size : pgno * page_size] = page
+        return bytes(image)
+
+    # ------------------------------------------------------------ retention
+
+    def compact(self, now_ns: int | None = None) -> dict[str, int]:
+        """Apply retention to every log; return the records dropped per database.
+
+        Blocking (rewrites files): run it in a worker thread.
+        """
+        now = self._clock() if now_ns is None else now_ns
+        dropped: dict[str, int] = {}
+        for db, state in list(self._dbs.items()):
+            try:
+                n = state.log.compact(self.retention_seconds, self.retention_max_bytes, now)
+            except LogClosedError:
+                continue  # renamed or closed meanwhile
+            if n:
+                dropped[db] = n
+        return dropped
+
+    def close(self) -> None:
+        """fsync and close every log."""
+        dbs, self._dbs = self._dbs, {}
+        for state in dbs.values():
+            try:
+                state.log.sync()
+            finally:
+                state.log.close()
+
+    # ------------------------------------------------------------ helpers
+
+    def _path(self, db: str) -> str:
+        return os.path.join(self.logs_dir, db + LOG_SUFFIX)
+
+    def _open(self, db: str) -> _Db:
+        _check_name(db)
+        txlog = TransactionLog.open(self._path(db))
+        last = txlog.last
+        state = _Db(txlog, None, last is None or last.dropped)
+        self._dbs[db] = state
+        return state
+
+    def _append(self, state: _Db, txn: Transaction) -> None:
+        state.log.append(txn)
+        self._notify(txn)
+
+    def _dropped(self, db: str, last: Transaction) -> Transaction:
+        return Transaction(
+            db=db,
+            txid=last.txid + 1,
+            page_size=last.page_size,
+            commit_size=0,
+            pages={},
+            timestamp_ns=self._clock(),
+            node_id=self.node_id,
+            pre_checksum=last.post_checksum,
+            post_checksum=0,
+            dropped=True,
+        )
+
+
+def _check_name(db: str) -> None:
+    if not db or "/" in db or "\0" in db or db in (".", ".."):
+        raise StoreError(f"invalid database name {db!r}")
+
+
+def _check_full(db: str, page_size: int, commit_size: int, pages: Mapping[int, bytes]) -> None:
+    expected = commit_size - (1 if lock_page(page_size) <= commit_size else 0)
+    if len(pages) != expected:
+        raise StoreError(
+            f"{db}: a transaction that changes the page size must hold every page: "
+            f"got {len(pages)} of {expected}"
+        )
+
+
+def _image_hashes(db: str, image: bytes | bytearray | memoryview) -> PageHashes | None:
+    if not len(image):
+        return None
+    try:
+        page_size = parse_db_header(image).page_size
+    except FormatError as exc:
+        raise StoreError(f"{db}: not a database: {exc}") from None
+    if len(image) % page_size:
+        raise StoreError(f"{db}: image of {len(image)} bytes is not whole {page_size}-byte pages")
+    return PageHashes.from_image(image, page_size)
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _write_log(path: str, txns: Iterator[Transaction] | list[Transaction]) -> None:
+    """Write `txns` as a fresh, fsynced log file at `path` (replacing any leftover)."""
+    _unlink_quietly(path)
+    with TransactionLog.open(path) as txlog:
+        for txn in txns:
+            txlog.append(txn)
+        txlog.sync()
