@@ -282,6 +282,32 @@ class TransactionLog:
             self._last = txn
             self._appends += 1
 
+    def truncate_after(self, txid: int) -> int:
+        """Remove every record after TXID `txid` (fsynced); returns how many were removed.
+
+        For recovery only: the database turned out not to have them (SQLite
+        rolled the transaction back, or a crash lost it before it was durable).
+        """
+        with self._lock:
+            if self._fd < 0:
+                raise LogClosedError(f"{self.path} is closed")
+            keep = txid - self._first_txid + 1
+            if keep < 1:
+                raise TxidUnavailableError(f"{self.path}: TXID {txid} is not in the log")
+            removed = len(self._offsets) - keep
+            if removed <= 0:
+                return 0
+            cut = self._offsets[keep]
+            os.ftruncate(self._fd, cut)
+            os.fsync(self._fd)
+            last_offset = self._offsets[keep - 1]
+            buf = os.pread(self._fd, cut - last_offset, last_offset)
+            self._last, _ = decode_record(buf, max_record_size=self._max_record_size)
+            del self._offsets[keep:]
+            del self._timestamps[keep:]
+            self._size = cut
+            return removed
+
     def _truncate_back(self, size: int) -> None:
         try:
             os.ftruncate(self._fd, size)

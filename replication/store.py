@@ -264,6 +264,8 @@ class Store:
                 if last is not None and not reset:
                     raise ChecksumMismatchError(db, last.txid, last.post_checksum, actual)
                 self._snapshot(state, db, image, hashes, last)
+        elif last.post_checksum != actual and self._cut_unapplied_tail(db, state.log, actual):
+            pass
         elif last.post_checksum != actual:
             if not reset:
                 raise ChecksumMismatchError(db, last.txid, last.post_checksum, actual)
@@ -278,6 +280,26 @@ class Store:
         state.loaded = True
         state.log.sync()
         return self.position(db)
+
+    @staticmethod
+    def _cut_unapplied_tail(db: str, txlog: TransactionLog, actual: int) -> bool:
+        """Cut the log back to the last TXID whose checksum is the database's; True if found.
+
+        The log runs ahead of the database when a transaction was logged but
+        SQLite never completed its commit (the daemon died between logging and
+        the journal's removal, and the hot journal was rolled back), or when a
+        crash lost a commit the log had (`synchronous=OFF`/`NORMAL`).
+        """
+        match = None
+        for txn in txlog.read():
+            if not txn.dropped and txn.post_checksum == actual:
+                match = txn.txid
+        if match is None:
+            return False
+        removed = txlog.truncate_after(match)
+        log.warning("%s: the database is at TXID %d; removed %d logged transaction(s) after it "
+                    "that SQLite never committed or a crash lost", db, match, removed)
+        return True
 
     def _snapshot(
         self, state: _Db, db: str, image: bytes | bytearray | memoryview,

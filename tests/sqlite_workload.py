@@ -3,6 +3,11 @@
     python sqlite_workload.py setup  DB MODE
     python sqlite_workload.py writer DB MODE --txns N --seed S [--mmap]
     python sqlite_workload.py reader DB MODE --stop-file F [--mmap]
+    python sqlite_workload.py appender DB MODE --seed W
+
+An appender inserts rows (writer W, seq 1, 2, ...) with `synchronous=FULL`
+until it is killed, printing `{"committed": seq}` after each commit: every
+printed seq is a transaction SQLite reported durable.
 
 Schema: `items(id, writer, v, payload)` and one `counter(n, total)` row. Every
 write transaction inserts (or sometimes deletes) one item and updates the
@@ -211,9 +216,27 @@ def run_workload(db: Path, mode: str, stop_file: Path, *, txns: int, writers: in
                 proc.wait()
 
 
+def appender(db: str, mode: str, writer_id: int) -> None:
+    """Insert (writer_id, seq) rows until killed; print each acknowledged seq."""
+    conn = connect(db, mode, False)
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("CREATE TABLE IF NOT EXISTS acked(writer INT, seq INT, PRIMARY KEY(writer, seq))")
+    seq = conn.execute("SELECT coalesce(max(seq), 0) FROM acked WHERE writer=?", (writer_id,)).fetchone()[0]
+    while True:
+        seq += 1
+        while True:
+            try:
+                conn.execute("INSERT INTO acked VALUES(?, ?)", (writer_id, seq))
+                break
+            except sqlite3.OperationalError as exc:
+                if not is_busy(exc):
+                    raise
+        print(json.dumps({"committed": seq}), flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("role", choices=["setup", "writer", "reader"])
+    parser.add_argument("role", choices=["setup", "writer", "reader", "appender"])
     parser.add_argument("db")
     parser.add_argument("mode", choices=MODES)
     parser.add_argument("--txns", type=int, default=100)
@@ -223,6 +246,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.role == "setup":
         setup(args.db, args.mode)
+    elif args.role == "appender":
+        appender(args.db, args.mode, args.seed)
     elif args.role == "writer":
         writer(args.db, args.mode, args.txns, args.seed, args.mmap)
     else:
