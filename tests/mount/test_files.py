@@ -38,9 +38,9 @@ def test_create_read_write_delete_rename(mounted: MountProcess) -> None:
     mnt = mounted.mountpoint
     make_db(mnt / "a.db", rows=50)
     assert count(mnt / "a.db") == 50
-    assert sorted(os.listdir(mnt)) == ["a.db"]
+    assert sorted(os.listdir(mnt)) == ["a.db", "a.db-pos"]
     os.rename(mnt / "a.db", mnt / "b.db")
-    assert sorted(os.listdir(mnt)) == ["b.db"]
+    assert sorted(os.listdir(mnt)) == ["b.db", "b.db-pos"]
     assert count(mnt / "b.db") == 50
     assert integrity(mnt / "b.db") == "ok"
     assert (mounted.data_dir / "b.db").exists() and not (mounted.data_dir / "a.db").exists()
@@ -93,7 +93,9 @@ def test_refused_objects_get_clear_errnos(mounted: MountProcess) -> None:
     expect_errno(errno.EPERM, os.symlink, "x.db", mnt / "link")
     expect_errno(errno.EPERM, os.link, mnt / "x.db", mnt / "hard")
     expect_errno(errno.EPERM, os.open, mnt / ".hidden", os.O_CREAT | os.O_WRONLY)
-    expect_errno(errno.EPERM, os.open, mnt / "x.db-pos", os.O_CREAT | os.O_WRONLY)
+    expect_errno(errno.EACCES, os.open, mnt / "x.db-pos", os.O_CREAT | os.O_WRONLY)  # read-only
+    expect_errno(errno.EPERM, os.open, mnt / "none.db-pos", os.O_CREAT | os.O_WRONLY)
+    expect_errno(errno.EPERM, os.unlink, mnt / "x.db-pos")
     expect_errno(errno.EPERM, os.open, mnt / "x.db-mj0A1B2C3D", os.O_CREAT | os.O_WRONLY)
     expect_errno(errno.EPERM, os.rename, mnt / "x.db", mnt / "x.db-wal")
     fd = os.open(mnt / "notes.txt", os.O_CREAT | os.O_WRONLY)
@@ -102,6 +104,8 @@ def test_refused_objects_get_clear_errnos(mounted: MountProcess) -> None:
     finally:
         os.close(fd)
     expect_errno(errno.ENOENT, os.stat, mnt / "missing.db")
+    expect_errno(errno.EOPNOTSUPP, os.getxattr, mnt / "x.db", "user.a")
+    expect_errno(errno.EOPNOTSUPP, os.setxattr, mnt / "x.db", "user.a", b"1")
     assert integrity(mnt / "x.db") == "ok"
 
 
