@@ -245,7 +245,8 @@ def format_ratio(value: float | None) -> str:
 
 def render_table(cases: list[Case], results: dict[str, dict[str, Result]]) -> str:
     """The plain-text table of medians and ratios."""
-    header = ["case", "native", "pylitefs", "bindfs", "pylitefs/native", "pylitefs/bindfs"]
+    header = ["case", "native", "pylitefs", "no capture", "bindfs",
+              "pylitefs/native", "pylitefs/bindfs", "capture on/off"]
     rows = [header]
     for case in cases:
         med = {name: res.median() for name, res in results[case.key].items()}
@@ -255,6 +256,7 @@ def render_table(cases: list[Case], results: dict[str, dict[str, Result]]) -> st
             *(format_value(med.get(name), case.unit) for name in TARGET_NAMES),
             format_ratio(ratio(py, med.get("native"))),
             format_ratio(ratio(py, med.get("bindfs"))),
+            format_ratio(ratio(py, med.get("nocapture"))),
         ])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = []
@@ -281,6 +283,8 @@ GOALS = (
     Goal("warm reads >= 0.95x native", ("select-warm-delete", "select-warm-wal"), "native", 0.95, True),
     Goal("small WAL write txns >= 1.0x bindfs", ("write-wal-normal", "write-wal-full"), "bindfs", 1.0, True),
     Goal("bulk insert <= 5x native's time", ("bulk-wal", "bulk-delete"), "native", 5.0, False),
+    Goal("small WAL writes, capture on >= 0.8x off", ("write-wal-normal", "write-wal-full"), "nocapture", 0.8,
+         True),
 )
 
 
@@ -349,7 +353,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=None, help="rounds per case (default 3, --quick 1)")
     p.add_argument("--quick", action="store_true", help="a smoke run: 1 round, small counts")
     p.add_argument("--only", default=",".join(TARGET_NAMES),
-                   help="comma-separated targets to run (default: native,pylitefs,bindfs)")
+                   help="comma-separated targets to run (default: native,pylitefs,nocapture,bindfs)")
     p.add_argument("--cases", default="", help="comma-separated case keys to run (default: all)")
     p.add_argument("--dir", type=Path, default=DEFAULT_DIR,
                    help="a fresh work dir is made under this one (default: bench/out)")

@@ -20,7 +20,7 @@ from pylitefs.process import MountProcess, abort_connection, force_unmount, is_m
 #: Seconds to wait for a mount to appear or a daemon to exit.
 MOUNT_TIMEOUT = 30.0
 
-TARGET_NAMES = ("native", "pylitefs", "bindfs")
+TARGET_NAMES = ("native", "pylitefs", "nocapture", "bindfs")
 
 
 class MountFailed(Exception):
@@ -74,8 +74,8 @@ class PylitefsTarget(Target):
 
     def __init__(self, work_dir: Path, extra_args: list[str] | None = None) -> None:
         super().__init__(work_dir)
-        self.mount = MountProcess(mountpoint=self.path, data_dir=work_dir / "pylitefs-data",
-                                  log_path=work_dir / "pylitefs.log", extra_args=extra_args or [])
+        self.mount = MountProcess(mountpoint=self.path, data_dir=work_dir / f"{self.name}-data",
+                                  log_path=work_dir / f"{self.name}.log", extra_args=extra_args or [])
 
     def __enter__(self) -> Target:
         try:
@@ -96,6 +96,15 @@ class PylitefsTarget(Target):
 
     def describe(self) -> str:
         return f"pylitefs mount {self.path} (data {self.mount.data_dir}, log {self.mount.log_path})"
+
+
+class NoCaptureTarget(PylitefsTarget):
+    """The same pylitefs mount with commit capture off: the cost of capture, by difference."""
+
+    name = "nocapture"
+
+    def __init__(self, work_dir: Path, extra_args: list[str] | None = None) -> None:
+        super().__init__(work_dir, [*(extra_args or []), "--no-capture"])
 
 
 class BindfsTarget(Target):
@@ -167,6 +176,8 @@ def make_target(name: str, work_dir: Path, pylitefs_args: list[str], bindfs_args
         return Target(work_dir)
     if name == "pylitefs":
         return PylitefsTarget(work_dir, pylitefs_args)
+    if name == "nocapture":
+        return NoCaptureTarget(work_dir, pylitefs_args)
     if name == "bindfs":
         return BindfsTarget(work_dir, bindfs_args)
     raise ValueError(f"unknown target {name!r}")

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from fs.formats import FormatError
 from fs.formats.dbheader import parse_db_header
+from fs.formats.image import apply_pages
 from fs.formats.journal import JournalState, classify_journal, parse_journal
 from fs.formats.wal import WalCommit, WalTracker
 from fs.names import Kind, classify, is_valid
@@ -101,14 +102,3 @@ def recover(dir_fd: int, db: str) -> RecoveredDatabase:
             apply_pages(image, commit.page_size, commit.commit_size, commit.pages)
             page_size = commit.page_size
     return RecoveredDatabase(db, page_size, database_file, bytes(image), commits)
-
-
-def apply_pages(image: bytearray, page_size: int, commit_size: int, pages: Mapping[int, bytes]) -> None:
-    """Write `pages` into `image` and set its size to `commit_size` pages."""
-    size = commit_size * page_size
-    if len(image) < size:
-        image.extend(bytes(size - len(image)))
-    for pgno, page in pages.items():
-        if pgno <= commit_size:
-            image[(pgno - 1) * page_size : pgno * page_size] = page
-    del image[size:]

@@ -12,8 +12,8 @@ from typing import Any
 import trio
 
 from fs.mount import MountError
-from pylitefs import __version__, node
-from pylitefs.config import ConfigError, load, with_overrides
+from pylitefs import __version__, node, tools
+from pylitefs.config import Config, ConfigError, load, with_overrides
 
 log = logging.getLogger("pylitefs")
 
@@ -39,6 +39,16 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     # Benchmarks only: a plain passthrough mount that records no transactions.
     mount.add_argument("--no-capture", dest="capture", action="store_false", help=argparse.SUPPRESS)
+    for name, text in (("log", "list a database's logged transactions"),
+                       ("export", "write a consistent copy of a database, as of a TXID, from its log")):
+        tool = sub.add_parser(name, help=text)
+        tool.add_argument("--config", "-config", metavar="FILE", help="config file (for data.dir)")
+        tool.add_argument("--data.dir", dest="data.dir", metavar="DIR", help="data directory (overrides data.dir)")
+        tool.add_argument("--name", required=True, metavar="DB", help="database name, e.g. app.db")
+        if name == "export":
+            tool.add_argument("--txid", type=int, help="TXID to export (default: the last)")
+            tool.add_argument("file", metavar="FILE", help="where to write the copy")
+        tool.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
 
 
@@ -52,17 +62,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.command == "mount":
         return _mount(args)
-    raise AssertionError(args.command)  # argparse rejects unknown commands
+    return _tool(args)
 
 
-def _mount(args: argparse.Namespace) -> int:
+def _config(args: argparse.Namespace) -> Config | None:
+    """The configuration from the file and the flags, or None after printing why not."""
     overrides: dict[str, Any] = {
         key: value for key, value in vars(args).items() if "." in key and value is not None
     }
     try:
-        config = with_overrides(load(args.config), overrides)
+        return with_overrides(load(args.config), overrides)
     except ConfigError as exc:
         print(f"pylitefs: config error: {exc}", file=sys.stderr)
+        return None
+
+
+def _tool(args: argparse.Namespace) -> int:
+    config = _config(args)
+    if config is None:
+        return EXIT_USAGE
+    try:
+        if args.command == "log":
+            for line in tools.log_lines(config.data.dir, args.name):
+                print(line)
+        else:
+            txid, checksum = tools.export(config.data.dir, args.name, args.file, args.txid)
+            print(f"exported {args.name} at TXID {txid} (checksum {checksum:016x}) to {args.file}")
+    except tools.ToolError as exc:
+        print(f"pylitefs: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    return 0
+
+
+def _mount(args: argparse.Namespace) -> int:
+    config = _config(args)
+    if config is None:
         return EXIT_USAGE
     failures: list[str] = []
     try:

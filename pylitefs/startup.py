@@ -14,7 +14,8 @@ from __future__ import annotations
 import logging
 import os
 
-from fs.recovery import RecoveredDatabase, apply_pages, databases, recover
+from fs.formats.image import apply_pages
+from fs.recovery import RecoveredDatabase, databases, recover
 from replication.store import ChecksumMismatchError, Store
 
 log = logging.getLogger(__name__)

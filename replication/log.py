@@ -45,6 +45,7 @@ from array import array
 from collections.abc import Iterator
 from types import TracebackType
 
+from fs.formats.image import apply_pages
 from replication.txn import (
     DEFAULT_MAX_RECORD_SIZE,
     CorruptRecordError,
@@ -106,11 +107,27 @@ class TransactionLog:
 
     @classmethod
     def open(
-        cls, path: str | os.PathLike[str], *, max_record_size: int = DEFAULT_MAX_RECORD_SIZE
+        cls, path: str | os.PathLike[str], *, max_record_size: int = DEFAULT_MAX_RECORD_SIZE,
+        readonly: bool = False,
     ) -> TransactionLog:
-        """Open (creating if needed) the log at `path`, validate it and cut a bad tail."""
+        """Open (creating if needed) the log at `path`, validate it and cut a bad tail.
+
+        With `readonly` (tools reading a live node's log): the file must
+        exist, nothing is ever written, and reading stops quietly before a
+        bad or incomplete tail (the node may be appending to it right now).
+        """
         path = os.fspath(path)
         created = False
+        if readonly:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            self = cls(path, fd, max_record_size=max_record_size)
+            self._broken = "opened read-only"
+            try:
+                self._scan(readonly=True)
+            except BaseException:
+                os.close(fd)
+                raise
+            return self
         try:
             fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -128,22 +145,22 @@ class TransactionLog:
             raise
         return self
 
-    def _scan(self) -> None:
+    def _scan(self, *, readonly: bool = False) -> None:
         size = os.fstat(self._fd).st_size
         if size == 0:
             return
         with mmap.mmap(self._fd, size, prot=mmap.PROT_READ) as buf:
             view = memoryview(buf)
             try:
-                good = self._scan_records(view, size)
+                good = self._scan_records(view, size, readonly=readonly)
             finally:
                 view.release()
-        if good < size:
+        if good < size and not readonly:
             os.ftruncate(self._fd, good)
             os.fsync(self._fd)
         self._size = good
 
-    def _scan_records(self, view: memoryview, size: int) -> int:
+    def _scan_records(self, view: memoryview, size: int, *, readonly: bool = False) -> int:
         """Index the valid records of `view`; return where the good part ends."""
         offset = 0
         prev: Transaction | None = None
@@ -154,12 +171,13 @@ class TransactionLog:
                     self._check_follows(prev, txn, offset)
             # Log the reason as a string: the exception's traceback holds
             # views of the mmap, which must be gone before it is closed.
-            except TruncatedRecordError as exc:
-                log.warning("%s: cutting a torn last record at offset %d (%d bytes): %s",
-                            self.path, offset, size - offset, str(exc))
-                return offset
-            except CorruptRecordError as exc:
-                if not isinstance(exc, _ChainError) and self._is_torn_tail(view, offset, size):
+            except RecordError as exc:
+                if readonly:  # the node may be appending right now: stop quietly
+                    log.debug("%s: read-only scan stops at offset %d: %s", self.path, offset, str(exc))
+                elif isinstance(exc, TruncatedRecordError):
+                    log.warning("%s: cutting a torn last record at offset %d (%d bytes): %s",
+                                self.path, offset, size - offset, str(exc))
+                elif not isinstance(exc, _ChainError) and self._is_torn_tail(view, offset, size):
                     log.warning("%s: cutting a damaged last record at offset %d (%d bytes): %s",
                                 self.path, offset, size - offset, str(exc))
                 else:
@@ -504,3 +522,28 @@ def _fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def replay(txlog: TransactionLog, upto_txid: int | None = None) -> bytes:
+    """The database image after TXID `upto_txid` (default: the last) rebuilt from `txlog`.
+
+    Applies every transaction from TXID 1; raises TxidUnavailableError if the
+    log no longer starts there (retention) or does not reach `upto_txid`.
+    """
+    last = txlog.last
+    if last is None:
+        return b""
+    if txlog.first_txid != 1:
+        raise TxidUnavailableError(f"{txlog.path}: the log starts at TXID {txlog.first_txid}, not 1")
+    if upto_txid is not None and not 1 <= upto_txid <= last.txid:
+        raise TxidUnavailableError(f"{txlog.path}: no TXID {upto_txid} (the log holds 1..{last.txid})")
+    image = bytearray()
+    page_size = 0
+    for txn in txlog.read():
+        if upto_txid is not None and txn.txid > upto_txid:
+            break
+        if txn.dropped or txn.page_size != page_size:
+            image = bytearray()  # a new page size comes with every page
+            page_size = txn.page_size
+        apply_pages(image, page_size, txn.commit_size, txn.pages)
+    return bytes(image)

@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 from fs.formats import FormatError, lock_page
 from fs.formats.dbheader import parse_db_header
 from replication.checksum import PageHashes
-from replication.log import LogClosedError, TransactionLog, _fsync_dir
+from replication.log import LogClosedError, TransactionLog, TxidUnavailableError, _fsync_dir, replay
 from replication.txn import Transaction
 
 __all__ = [
@@ -337,34 +337,14 @@ class Store:
     def replay(self, db: str, upto_txid: int | None = None) -> bytes:
         """The database image after TXID `upto_txid` (default: the last), from the log.
 
-        Applies every transaction from TXID 1; raises StoreError if the log
-        no longer starts there (retention) or does not reach `upto_txid`.
+        Raises StoreError if the log no longer starts at TXID 1 (retention) or
+        does not reach `upto_txid`.
         """
         state = self._dbs.get(db) or self._open(db)
-        txlog = state.log
-        if len(txlog) and txlog.first_txid != 1:
-            raise StoreError(f"{db}: the log starts at TXID {txlog.first_txid}, not 1")
-        last = txlog.last
-        if upto_txid is not None and (last is None or upto_txid > last.txid):
-            raise StoreError(f"{db}: the log ends before TXID {upto_txid}")
-        image = bytearray()
-        page_size = 0
-        if last is None:
-            return b""
-        for txn in txlog.read():
-            if upto_txid is not None and txn.txid > upto_txid:
-                break
-            if txn.dropped or txn.page_size != page_size:
-                image = bytearray()  # a new page size comes with every page
-                page_size = txn.page_size
-            size = txn.commit_size * page_size
-            if len(image) > size:
-                del image[size:]
-            else:
-                image.extend(bytes(size - len(image)))
-            for pgno, page in txn.pages.items():
-                image[(pgno - 1) * page_size : pgno * page_size] = page
-        return bytes(image)
+        try:
+            return replay(state.log, upto_txid)
+        except TxidUnavailableError as exc:
+            raise StoreError(f"{db}: {exc}") from None
 
     # ------------------------------------------------------------ retention
 

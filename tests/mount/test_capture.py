@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from fs.formats.image import apply_pages
 from replication.checksum import database_checksum
 from replication.log import TransactionLog
 from replication.txn import Transaction
@@ -57,12 +58,7 @@ def state_of(image: bytes, path: Path) -> tuple[str, int | None, tuple[int, int]
 
 
 def apply(image: bytearray, txn: Transaction) -> None:
-    size = txn.commit_size * txn.page_size
-    if len(image) < size:
-        image.extend(bytes(size - len(image)))
-    for pgno, page in txn.pages.items():
-        image[(pgno - 1) * txn.page_size : pgno * txn.page_size] = page
-    del image[size:]
+    apply_pages(image, txn.page_size, txn.commit_size, txn.pages)
 
 
 @pytest.mark.parametrize("mode", ["delete", "truncate", "persist", "wal", "wal-exclusive"])
