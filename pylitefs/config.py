@@ -37,11 +37,25 @@ class FuseConfig:
     debug: bool = False
 
 
+class Duration(float):
+    """Seconds, written in the file as Go-style durations: `10m`, `1h30m`, `500ms`, `30s`."""
+
+
+class ByteSize(int):
+    """Bytes, written as a number or with a unit: `64MB`, `1GiB`, `500k`."""
+
+
 @dataclass(frozen=True, slots=True)
 class DataConfig:
-    """`data:` — where databases are stored."""
+    """`data:` — where databases and their transaction logs are stored."""
 
     dir: str = DEFAULT_DATA_DIR
+    #: How long logged transactions are kept (the newest is always kept).
+    retention: Duration = Duration(600.0)
+    #: How often retention is enforced.
+    retention_monitor_interval: Duration = Duration(60.0)
+    #: Largest size of one database's log before the oldest records go; 0 = no limit.
+    retention_max_size: ByteSize = ByteSize(0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +155,50 @@ def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
     return cls(**values)
 
 
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 10**6, "mb": 10**6, "mib": 2**20,
+               "g": 10**9, "gb": 10**9, "gib": 2**30}
+_SIZE = re.compile(r"(\d+)\s*([a-z]*)")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a Go-style duration (`1h30m`, `500ms`); ValueError if malformed."""
+    text = text.strip()
+    pos, total = 0, 0.0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        pos = match.end()
+    if not text or pos != len(text):
+        raise ValueError(f"not a duration: {text!r} (examples: 10m, 1h30m, 500ms)")
+    return total
+
+
+def parse_size(text: str) -> int:
+    """Bytes in `64MB`, `1GiB`, `500k` or a plain number; ValueError if malformed."""
+    match = _SIZE.fullmatch(text.strip().lower())
+    if match is None or match.group(2) not in _SIZE_UNITS:
+        raise ValueError(f"not a size: {text!r} (examples: 1000000, 64MB, 1GiB)")
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
+
+
 def _coerce(value: Any, kind: Any, dotted: str) -> Any:
+    if kind is Duration:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+            return Duration(value)
+        try:
+            return Duration(parse_duration(str(value)))
+        except ValueError as exc:
+            raise ConfigError(f"'{dotted}': {exc}") from None
+    if kind is ByteSize:
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return ByteSize(value)
+        try:
+            return ByteSize(parse_size(str(value)))
+        except ValueError as exc:
+            raise ConfigError(f"'{dotted}': {exc}") from None
     if kind is bool:
         if isinstance(value, bool):
             return value

@@ -41,12 +41,16 @@ async def run(config: Config, *, capture: bool = True) -> None:
         preflight(options)
         store = None
         if capture:
-            store = Store(os.path.join(options.data_dir, STATE_DIR), node_id=socket.gethostname())
+            store = Store(os.path.join(options.data_dir, STATE_DIR), node_id=socket.gethostname(),
+                          retention_seconds=config.data.retention,
+                          retention_max_bytes=config.data.retention_max_size or None)
             await trio.to_thread.run_sync(recover_databases, options.data_dir, store)
         ops = Operations(options.data_dir, sink=store)
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(_serve_then_cancel, ops, options, nursery.cancel_scope)
+                if store is not None:
+                    nursery.start_soon(monitor_retention, store, config.data.retention_monitor_interval)
                 log.info("pylitefs ready: %s mounted (data dir %s)", options.mountpoint, options.data_dir)
                 async for signum in signals:
                     log.info("received %s: unmounting", signal.Signals(signum).name)
@@ -56,6 +60,19 @@ async def run(config: Config, *, capture: bool = True) -> None:
             ops.close()
             if store is not None:
                 store.close()
+
+
+async def monitor_retention(store: Store, interval: float) -> None:
+    """Every `interval` seconds, drop logged transactions older than the retention."""
+    while True:
+        await trio.sleep(interval)
+        try:
+            dropped = await trio.to_thread.run_sync(store.compact)
+        except Exception as exc:  # keep monitoring: the next round may succeed
+            log.warning("cannot enforce retention, retrying in %.0fs: %s", interval, exc)
+            continue
+        if any(dropped.values()):
+            log.info("retention: dropped %s", ", ".join(f"{n} from {db}" for db, n in dropped.items() if n))
 
 
 async def _serve_then_cancel(

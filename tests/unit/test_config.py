@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pylitefs.config import Config, ConfigError, expand_env, parse, with_overrides
+from pylitefs.config import Config, ConfigError, expand_env, parse, parse_duration, parse_size, with_overrides
 
 
 def test_defaults() -> None:
@@ -66,3 +66,31 @@ def test_flag_overrides_win_and_are_validated() -> None:
     assert config.fuse.dir == "/b" and config.fuse.allow_other
     with pytest.raises(ConfigError):
         with_overrides(config, {"data.dir": "/b"})
+
+
+def test_retention_keys() -> None:
+    config = parse("data:\n  dir: /d\n  retention: 1h30m\n  retention-monitor-interval: 500ms\n"
+                   "  retention-max-size: 64MiB\n")
+    assert config.data.retention == 5400.0
+    assert config.data.retention_monitor_interval == 0.5
+    assert config.data.retention_max_size == 64 * 2**20
+    assert parse("").data.retention == 600.0 and parse("").data.retention_max_size == 0
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("10m", 600), ("1h30m", 5400), ("500ms", 0.5), ("1.5s", 1.5)])
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "10", "ten minutes", "5m3", "-1s"])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+def test_sizes() -> None:
+    assert [parse_size(t) for t in ("1000", "64MB", "1GiB", "500k")] == [1000, 64 * 10**6, 2**30, 500_000]
+    with pytest.raises(ConfigError, match="'data.retention-max-size': not a size"):
+        parse("data:\n  retention-max-size: lots\n")
+    with pytest.raises(ConfigError, match="'data.retention': not a duration"):
+        parse("data:\n  retention: soon\n")
