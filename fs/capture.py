@@ -36,7 +36,7 @@ from typing import Protocol
 from fs.errors import FsError
 from fs.formats import FormatError
 from fs.formats.dbheader import parse_db_header
-from fs.formats.journal import JOURNAL_MAGIC
+from fs.formats.journal import JOURNAL_MAGIC, parse_journal
 from fs.formats.wal import WalTracker
 
 log = logging.getLogger(__name__)
@@ -167,8 +167,34 @@ class Capture:
             raise CaptureError(f"{db}: cannot read committed pages") from None
         finally:
             os.close(fd)
-        self._hand_over(db, page_size, size, pages)
         state.dirty.clear()
+        if self._is_rollback(db, size, pages):
+            log.debug("%s: the journal was finalised after a rollback: nothing committed", db)
+            return
+        self._hand_over(db, page_size, size, pages)
+
+    def _is_rollback(self, db: str, size: int, pages: Mapping[int, bytes]) -> bool:
+        """True when every written page is back to its journaled original (a ROLLBACK).
+
+        A transaction that spilled pages into the database before rolling
+        back writes the originals back and then finalises the journal exactly
+        as a commit does. Pages the journal does not hold (reused freelist
+        pages) count as changed: the file did change, so it is captured.
+        """
+        try:
+            fd = os.open(f"{db}-journal", os.O_RDONLY, dir_fd=self._dir_fd)
+        except FileNotFoundError:
+            return False
+        try:
+            journal = parse_journal(os.pread(fd, os.fstat(fd).st_size, 0))
+        except FormatError:
+            return False
+        finally:
+            os.close(fd)
+        if size != journal.initial_page_count:
+            return False
+        originals = journal.original_pages()
+        return all(originals.get(pgno) == page for pgno, page in pages.items())
 
     # -------------------------------------------------------------- WAL
 
