@@ -21,7 +21,8 @@ transaction has no commit point on disk and cannot be replicated.
 
 Durability follows SQLite's own `synchronous` promise: `sync(db)` is requested
 whenever SQLite fsyncs one of the database's files, and `sync_pending()` when
-it fsyncs the directory (how `DELETE` mode makes its commit durable).
+it fsyncs the directory (`DELETE` mode with `synchronous=EXTRA`), in both
+cases before the data itself is flushed.
 """
 
 from __future__ import annotations
@@ -37,11 +38,13 @@ from fs.errors import FsError
 from fs.formats import FormatError
 from fs.formats.dbheader import parse_db_header
 from fs.formats.journal import JOURNAL_MAGIC, parse_journal
-from fs.formats.wal import WalTracker
+from fs.formats.wal import FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WalTracker
+from fs.recovery import read_file
 
 log = logging.getLogger(__name__)
 
 DB_HEADER_SIZE = 100
+_FRAME_SALT_OFFSET = 8  # salt-1 and salt-2 in a WAL frame header
 _READ_VERSION_OFFSET = 19
 _WAL_VERSION = 2
 
@@ -181,16 +184,13 @@ class Capture:
         as a commit does. Pages the journal does not hold (reused freelist
         pages) count as changed: the file did change, so it is captured.
         """
-        try:
-            fd = os.open(f"{db}-journal", os.O_RDONLY, dir_fd=self._dir_fd)
-        except FileNotFoundError:
+        data = read_file(self._dir_fd, f"{db}-journal")
+        if data is None:
             return False
         try:
-            journal = parse_journal(os.pread(fd, os.fstat(fd).st_size, 0))
+            journal = parse_journal(data)
         except FormatError:
             return False
-        finally:
-            os.close(fd)
         if size != journal.initial_page_count:
             return False
         originals = journal.original_pages()
@@ -204,7 +204,27 @@ class Capture:
         if state.wal is None:
             state.wal = self._load_wal(db)
         for commit in state.wal.write(off, data):
-            self._hand_over(db, commit.page_size, commit.commit_size, commit.pages)
+            try:
+                self._hand_over(db, commit.page_size, commit.commit_size, commit.pages)
+            except CaptureError:
+                # SQLite is about to hear that this commit failed: make the
+                # WAL agree (an invalid commit frame ends the valid chain
+                # there, also for WAL recovery after a crash) and rebuild the
+                # tracker from the file at the next write.
+                self._invalidate_frame(db, commit.page_size, commit.last_frame)
+                state.wal = None
+                raise
+
+    def _invalidate_frame(self, db: str, page_size: int, frame: int) -> None:
+        """Zero the salts of WAL frame `frame` (1-based) in the data dir, fsynced."""
+        offset = WAL_HEADER_SIZE + (frame - 1) * (FRAME_HEADER_SIZE + page_size) + _FRAME_SALT_OFFSET
+        fd = os.open(f"{db}-wal", os.O_WRONLY, dir_fd=self._dir_fd)
+        try:
+            os.pwrite(fd, bytes(8), offset)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        log.error("%s: WAL frame %d invalidated: its transaction could not be logged", db, frame)
 
     def wal_truncated(self, db: str, size: int) -> None:
         """Called after `db`'s WAL was truncated to `size` bytes."""
@@ -220,14 +240,9 @@ class Capture:
 
     def _load_wal(self, db: str) -> WalTracker:
         """A tracker that knows the frames already committed in the WAL file."""
-        try:
-            fd = os.open(f"{db}-wal", os.O_RDONLY, dir_fd=self._dir_fd)
-        except FileNotFoundError:
+        data = read_file(self._dir_fd, f"{db}-wal")
+        if not data:
             return WalTracker()
-        try:
-            data = os.pread(fd, os.fstat(fd).st_size, 0)
-        finally:
-            os.close(fd)
         tracker, _ = WalTracker.from_wal(data)
         return tracker
 

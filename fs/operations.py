@@ -158,7 +158,10 @@ class Operations(pyfuse3.Operations):
     def _bind_position(self, fname: FileName) -> tuple[Inode, pyfuse3.EntryAttributes]:
         if self._sink is None:
             raise NotFound("position files exist only when capture is on")
-        os.stat(fname.database, dir_fd=self._dir_fd)  # FileNotFoundError: no such database
+        try:
+            os.stat(fname.database, dir_fd=self._dir_fd)
+        except FileNotFoundError:
+            raise NotFound(f"no database {fname.database!r}") from None
         inode = self._inodes.bind(fname, self._root_mtime_ns)
         inode.lookups += 1
         return inode, self._position_attrs(inode)
@@ -425,9 +428,11 @@ class Operations(pyfuse3.Operations):
         db = inode.name.database if capture is not None and inode.name is not None else None
 
         def flush() -> None:
-            (os.fdatasync if datasync else os.fsync)(fh)
+            # The log first: a crash in between leaves the log ahead of the
+            # database, which recovery resolves exactly (never the reverse).
             if capture is not None and db is not None:
                 capture.sync(db)
+            (os.fdatasync if datasync else os.fsync)(fh)
 
         await trio.to_thread.run_sync(flush)
 
@@ -461,9 +466,9 @@ class Operations(pyfuse3.Operations):
         capture = self._capture
 
         def flush() -> None:
-            os.fsync(self._dir_fd)
             if capture is not None:
                 capture.sync_pending()
+            os.fsync(self._dir_fd)
 
         await trio.to_thread.run_sync(flush)
 

@@ -5,12 +5,15 @@ file exactly as SQLite would (the interrupted transaction never committed),
 then the committed content is computed — the database file with the
 committed frames of its WAL applied — so the node can compare it with the
 last position in the log.
+
+A file in the data dir that is not a SQLite database raises FormatError.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -36,19 +39,33 @@ class RecoveredDatabase:
 
 
 def databases(dir_fd: int) -> Iterator[str]:
-    """Names of the databases stored in the data dir."""
+    """Names of the databases stored in the data dir (regular files only)."""
     for name in sorted(os.listdir(dir_fd)):
         if is_valid(name) and classify(name).kind is Kind.DATABASE:
-            yield name
+            if stat.S_ISREG(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+                yield name
 
 
-def _read(dir_fd: int, name: str) -> bytes | None:
+def read_file(dir_fd: int, name: str) -> bytes | None:
+    """The whole content of `name` in the data dir, or None if it does not exist.
+
+    Loops over pread: one call returns at most ~2 GiB on Linux.
+    """
     try:
         fd = os.open(name, os.O_RDONLY, dir_fd=dir_fd)
     except FileNotFoundError:
         return None
     try:
-        return os.pread(fd, os.fstat(fd).st_size, 0)
+        size = os.fstat(fd).st_size
+        chunks = []
+        offset = 0
+        while offset < size:
+            chunk = os.pread(fd, min(size - offset, 1 << 30), offset)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            offset += len(chunk)
+        return b"".join(chunks)
     finally:
         os.close(fd)
 
@@ -56,12 +73,13 @@ def _read(dir_fd: int, name: str) -> bytes | None:
 def roll_back_hot_journal(dir_fd: int, db: str) -> bool:
     """Play a hot `-journal` back into `db` and delete it; True if it was hot.
 
-    The database is restored page by page to its content before the
-    interrupted transaction, truncated to its original size, fsynced, and only
-    then is the journal removed (and the directory fsynced).
+    As SQLite's own playback: the database is restored page by page to its
+    content before the interrupted transaction and truncated to its original
+    size (also to zero pages), fsynced, and only then is the journal removed
+    (and the directory fsynced).
     """
     journal_name = f"{db}-journal"
-    data = _read(dir_fd, journal_name)
+    data = read_file(dir_fd, journal_name)
     if data is None or classify_journal(data) is not JournalState.HOT:
         return False
     try:
@@ -75,8 +93,8 @@ def roll_back_hot_journal(dir_fd: int, db: str) -> bool:
         pages = journal.original_pages()
         for pgno, page in pages.items():
             os.pwrite(fd, page, (pgno - 1) * journal.page_size)
-        if journal.initial_page_count:
-            os.ftruncate(fd, journal.initial_page_count * journal.page_size)
+        # As SQLite's pager_playback: always, also to 0 for a new database.
+        os.ftruncate(fd, journal.initial_page_count * journal.page_size)
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -90,11 +108,11 @@ def roll_back_hot_journal(dir_fd: int, db: str) -> bool:
 def recover(dir_fd: int, db: str) -> RecoveredDatabase:
     """Roll back `db`'s hot journal, then return its committed content."""
     roll_back_hot_journal(dir_fd, db)
-    database_file = _read(dir_fd, db) or b""
+    database_file = read_file(dir_fd, db) or b""
     image = bytearray(database_file)
     page_size = parse_db_header(image).page_size if len(image) >= 100 else 0
     commits: tuple[WalCommit, ...] = ()
-    wal = _read(dir_fd, f"{db}-wal")
+    wal = read_file(dir_fd, f"{db}-wal")
     if wal:
         _, found = WalTracker.from_wal(wal)
         commits = tuple(found)

@@ -77,6 +77,10 @@ class Config:
             raise ConfigError(f"fuse.dir and data.dir are the same directory ({fuse_dir})")
         if data_dir.startswith(fuse_dir + os.sep):
             raise ConfigError(f"data.dir ({data_dir}) must not be inside fuse.dir ({fuse_dir})")
+        if fuse_dir.startswith(data_dir + os.sep):
+            raise ConfigError(f"fuse.dir ({fuse_dir}) must not be inside data.dir ({data_dir})")
+        if self.data.retention_monitor_interval <= 0:
+            raise ConfigError("data.retention-monitor-interval must be more than 0")
         return self
 
 

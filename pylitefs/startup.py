@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 
+from fs.formats import FormatError
 from fs.formats.image import apply_pages
 from fs.recovery import RecoveredDatabase, databases, recover
 from replication.store import ChecksumMismatchError, Store
@@ -25,14 +26,24 @@ def recover_databases(data_dir: str, store: Store) -> None:
     """Recover every database of `data_dir` into `store` (blocking: run in a thread)."""
     dir_fd = os.open(data_dir, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        names = list(databases(dir_fd))
-        for db in names:
-            _recover_one(store, recover(dir_fd, db))
+        names = []
+        for db in databases(dir_fd):
+            try:
+                recovered = recover(dir_fd, db)
+            except FormatError as exc:
+                log.error("%s in the data dir is not a SQLite database (%s); leaving it alone", db, exc)
+                continue
+            _recover_one(store, recovered)
+            names.append(db)
     finally:
         os.close(dir_fd)
     for db in store.databases():
         if db not in names:
-            store.load(db, b"")  # deleted while the daemon was down: logged as a drop
+            try:
+                store.load(db, b"")
+            except ChecksumMismatchError:
+                log.warning("%s: deleted while the node was down; logging it as dropped", db)
+                store.load(db, b"", reset=True)
     log.info("recovered %d database(s)", len(names))
 
 

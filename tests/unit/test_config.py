@@ -51,6 +51,8 @@ def test_env_expansion_in_file() -> None:
         ("fuse: {dir: /a\n", "invalid YAML"),
         ("fuse:\n  dir: /same\ndata:\n  dir: /same/\n", "fuse.dir and data.dir are the same directory"),
         ("fuse:\n  dir: /m\ndata:\n  dir: /m/data\n", "must not be inside fuse.dir"),
+        ("fuse:\n  dir: /d/mnt\ndata:\n  dir: /d\n", "must not be inside data.dir"),
+        ("data:\n  retention-monitor-interval: 0s\n", "must be more than 0"),
         ("fuse:\n  dir: ''\n", "fuse.dir must not be empty"),
     ],
 )
