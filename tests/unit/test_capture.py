@@ -67,7 +67,7 @@ def test_failed_wal_commit_is_invalidated_and_capture_continues(tmp_path: Path) 
     target = data / "x.db-wal"
     fd = os.open(target, os.O_RDWR | os.O_CREAT)
     try:
-        failed_at = None
+        failed_at: int | None = None
         for off, buf in wal_writes(wal):
             os.pwrite(fd, buf, off)
             try:
@@ -79,11 +79,12 @@ def test_failed_wal_commit_is_invalidated_and_capture_continues(tmp_path: Path) 
         # The file now ends its valid chain before the failed commit...
         _, found = WalTracker.from_wal(target.read_bytes())
         assert len(found) == 2
-        # ...and SQLite, told the commit failed, writes the same frames again: captured.
+        # ...and SQLite, told the commit failed, writes the whole transaction
+        # again from the frame after the last commit: captured this time.
         page_size = int.from_bytes(wal[8:12], "big")
-        frame_start = failed_at - 24 if (failed_at - 32) % (24 + page_size) else failed_at
+        restart = 32 + found[-1].last_frame * (24 + page_size)
         for off, buf in wal_writes(wal):
-            if off >= frame_start:
+            if off >= restart:
                 os.pwrite(fd, buf, off)
                 capture.wal_written("x.db", off, buf)
         # every commit of the original WAL is captured once, the failed one included
