@@ -13,7 +13,8 @@ commit points (DESIGN.md §3) and hands each committed transaction to a
   that unlink/truncate/write is performed;
 - WAL: every write to `-wal` is fed to `fs.formats.wal.WalTracker` after it
   reached the data dir; a commit it reports is handed to the sink before the
-  write is acknowledged.
+  write is acknowledged. If the sink fails, the commit frame is invalidated
+  in the file, so the WAL agrees with the error SQLite receives.
 
 A rollback-mode database written while no journal is hot (`journal_mode=MEMORY`
 or `OFF`) is refused with EIO before anything reaches the file: such a
@@ -30,7 +31,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -198,12 +199,17 @@ class Capture:
 
     # -------------------------------------------------------------- WAL
 
-    def wal_written(self, db: str, off: int, data: bytes) -> None:
-        """Called after `data` reached `db`'s WAL at `off`; hands over what it committed."""
+    def wal_write(self, db: str, off: int, data: bytes, write: Callable[[], int]) -> int:
+        """Perform `write()` of `data` at `off` into `db`'s WAL; hand over what it committed.
+
+        The tracker is (re)built from the file before the write reaches it, so
+        the write itself is always seen as new. Returns what `write()` returned.
+        """
         state = self._db(db)
         if state.wal is None:
             state.wal = self._load_wal(db)
-        for commit in state.wal.write(off, data):
+        written = write()
+        for commit in state.wal.write(off, data[:written]):
             try:
                 self._hand_over(db, commit.page_size, commit.commit_size, commit.pages)
             except CaptureError:
@@ -214,6 +220,7 @@ class Capture:
                 self._invalidate_frame(db, commit.page_size, commit.last_frame)
                 state.wal = None
                 raise
+        return written
 
     def _invalidate_frame(self, db: str, page_size: int, frame: int) -> None:
         """Zero the salts of WAL frame `frame` (1-based) in the data dir, fsynced."""

@@ -401,14 +401,13 @@ class Operations(pyfuse3.Operations):
         if capture is None or inode.name is None:
             return os.pwrite(fh, buf, off)
         db = inode.name.database
+        if kind is Kind.WAL:
+            return capture.wal_write(db, off, buf, lambda: os.pwrite(fh, buf, off))
         if kind is Kind.DATABASE:
             capture.database_write(db, off, buf)
         elif kind is Kind.JOURNAL:
             capture.journal_write(db, off, buf)
-        written = os.pwrite(fh, buf, off)
-        if kind is Kind.WAL:
-            capture.wal_written(db, off, buf[:written])
-        return written
+        return os.pwrite(fh, buf, off)
 
     @fuse_handler
     async def release(self, fh: int) -> None:

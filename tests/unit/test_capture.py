@@ -69,9 +69,8 @@ def test_failed_wal_commit_is_invalidated_and_capture_continues(tmp_path: Path) 
     try:
         failed_at: int | None = None
         for off, buf in wal_writes(wal):
-            os.pwrite(fd, buf, off)
             try:
-                capture.wal_written("x.db", off, buf)
+                capture.wal_write("x.db", off, buf, lambda: os.pwrite(fd, buf, off))
             except CaptureError:
                 failed_at = off
                 break
@@ -85,8 +84,7 @@ def test_failed_wal_commit_is_invalidated_and_capture_continues(tmp_path: Path) 
         restart = 32 + found[-1].last_frame * (24 + page_size)
         for off, buf in wal_writes(wal):
             if off >= restart:
-                os.pwrite(fd, buf, off)
-                capture.wal_written("x.db", off, buf)
+                capture.wal_write("x.db", off, buf, lambda: os.pwrite(fd, buf, off))
         # every commit of the original WAL is captured once, the failed one included
         assert len(sink.commits) == len(WalTracker.from_wal(wal)[1])
     finally:
