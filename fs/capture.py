@@ -115,6 +115,20 @@ class Capture:
         # WAL mode: the database file is written only by checkpoints, which
         # change no logical content.
 
+    def database_truncate(self, db: str, old_size: int, new_size: int) -> None:
+        """Called before database `db` is truncated; raises to refuse it.
+
+        Allowed inside a rollback transaction (SQLite shrinks the file before
+        its commit point; the committed size is read then), in WAL mode
+        (checkpoints), and when nothing changes.
+        """
+        if old_size == new_size or self._db(db).journal_magic == JOURNAL_MAGIC:
+            return
+        if not self._is_wal_mode(db, new_size, b""):
+            log.error("refusing to truncate %s outside a transaction: the change could not be "
+                      "replicated", db)
+            raise CaptureError(f"{db}: truncate without a journal")
+
     def _is_wal_mode(self, db: str, off: int, data: bytes) -> bool:
         if off <= _READ_VERSION_OFFSET < off + len(data):
             return data[_READ_VERSION_OFFSET - off] == _WAL_VERSION

@@ -45,8 +45,9 @@ POSITION_SIZE = 34  # 16 hex digits, '/', 16 hex digits, newline (LiteFS's forma
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
-# Flags that concern the name, not the open file; O_APPEND is resolved by the
-# kernel (it sends the offset), and pwrite on an O_APPEND fd would ignore it.
+# Flags that concern the name, not the open file (O_TRUNC is done by `open`
+# itself, with capture); O_APPEND is resolved by the kernel (it sends the
+# offset), and pwrite on an O_APPEND fd would ignore it.
 _STRIP_OPEN_FLAGS = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY | os.O_APPEND
 
 P = ParamSpec("P")
@@ -249,19 +250,14 @@ class Operations(pyfuse3.Operations):
         if node.kind is Kind.POSITION:
             raise NotPermitted("position files are read-only")
         if fields.update_size:
-            db = node.name.database if node.name is not None else None
-            if self._capture is not None and db is not None and node.kind is Kind.JOURNAL:
-                self._capture.journal_truncate(db, attr.st_size)
             if isinstance(target, int):
-                os.ftruncate(target, attr.st_size)
+                self._truncate(node, target, attr.st_size)
             else:
                 fd = os.open(target, os.O_WRONLY, dir_fd=self._dir_fd)
                 try:
-                    os.ftruncate(fd, attr.st_size)
+                    self._truncate(node, fd, attr.st_size)
                 finally:
                     os.close(fd)
-            if self._capture is not None and db is not None and node.kind is Kind.WAL:
-                self._capture.wal_truncated(db, attr.st_size)
         if fields.update_mode:
             os.chmod(target, stat.S_IMODE(attr.st_mode), **at)
         if fields.update_uid or fields.update_gid:
@@ -279,6 +275,21 @@ class Operations(pyfuse3.Operations):
             if fields.update_mtime:
                 node.mtime_ns = mtime
         return self._inode_attrs(node)
+
+    def _truncate(self, node: Inode, fd: int, size: int) -> None:
+        """Truncate the file open as `fd` to `size`, telling capture around it."""
+        capture = self._capture
+        db = node.name.database if capture is not None and node.name is not None else None
+        if capture is None or db is None:
+            os.ftruncate(fd, size)
+            return
+        if node.kind is Kind.JOURNAL:
+            capture.journal_truncate(db, size)
+        elif node.kind is Kind.DATABASE:
+            capture.database_truncate(db, os.fstat(fd).st_size, size)
+        os.ftruncate(fd, size)
+        if node.kind is Kind.WAL:
+            capture.wal_truncated(db, size)
 
     @fuse_handler
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> Any:
@@ -356,6 +367,12 @@ class Operations(pyfuse3.Operations):
         if node.kind is Kind.POSITION:
             return self._open_position(node.name, flags)
         fd = os.open(node.name.name, flags & ~_STRIP_OPEN_FLAGS, dir_fd=self._dir_fd)
+        if flags & os.O_TRUNC:  # libfuse asks for atomic O_TRUNC: it arrives here
+            try:
+                self._truncate(node, fd, 0)
+            except BaseException:
+                os.close(fd)
+                raise
         return self._new_handle(fd, node)
 
     @fuse_handler

@@ -48,15 +48,22 @@ def recover_databases(data_dir: str, store: Store) -> None:
 
 
 def _recover_one(store: Store, rec: RecoveredDatabase) -> None:
+    """Load `rec` into the store, explaining any difference between it and the log.
+
+    In order: an exact match; the log lagging the WAL by its last commits;
+    the log ahead of the database (cut back); else a full snapshot. Cutting
+    comes after the WAL check because a WAL database can return to an earlier
+    state, and a cut would then discard committed transactions.
+    """
     try:
-        store.load(rec.name, rec.image)
+        store.load(rec.name, rec.image, cut=False)
         return
     except ChecksumMismatchError as exc:
         mismatch = exc
     for logged_commits in range(len(rec.wal_commits) - 1, -1, -1):
         image = _image_after(rec, logged_commits)
         try:
-            store.load(rec.name, image)
+            store.load(rec.name, image, cut=False)
         except ChecksumMismatchError:
             continue
         missing = rec.wal_commits[logged_commits:]
@@ -65,6 +72,11 @@ def _recover_one(store: Store, rec: RecoveredDatabase) -> None:
         log.warning("%s: logged %d committed WAL transaction(s) that had not reached the log",
                     rec.name, len(missing))
         return
+    try:
+        store.load(rec.name, rec.image, cut=True)
+        return
+    except ChecksumMismatchError:
+        pass
     log.error("%s: the database does not match its log (logged checksum %016x at TXID %d, "
               "on disk %016x); logging a full snapshot so that replicas resynchronise",
               rec.name, mismatch.logged, mismatch.txid, mismatch.actual)

@@ -242,15 +242,19 @@ class Store:
         names = {n[: -len(LOG_SUFFIX)] for n in os.listdir(self.logs_dir) if n.endswith(LOG_SUFFIX)}
         return sorted(names | set(self._dbs))
 
-    def load(self, db: str, image: ImageSource, *, reset: bool = False) -> tuple[int, int] | None:
+    def load(
+        self, db: str, image: ImageSource, *, reset: bool = False, cut: bool = True
+    ) -> tuple[int, int] | None:
         """Open `db`'s log (cutting a torn tail) and check it against the committed image.
 
         `image` is the database's committed content (bytes, or a callable
         returning them; empty when the file does not exist). Equal checksums:
         ready. Empty log: one snapshot transaction with every page is logged
-        (TXID 1). Different checksums: ChecksumMismatchError — or, with
-        `reset`, an ERROR log line and a snapshot transaction that continues
-        the TXIDs. Returns the position afterwards.
+        (TXID 1). The image equal to an earlier logged position (and `cut`):
+        the transactions after it, which the database does not have, are cut
+        from the log with a WARNING. Other checksums: ChecksumMismatchError —
+        or, with `reset`, an ERROR log line and a snapshot transaction that
+        continues the TXIDs. Returns the position afterwards.
         """
         if callable(image):
             image = image()
@@ -264,7 +268,7 @@ class Store:
                 if last is not None and not reset:
                     raise ChecksumMismatchError(db, last.txid, last.post_checksum, actual)
                 self._snapshot(state, db, image, hashes, last)
-        elif last.post_checksum != actual and self._cut_unapplied_tail(db, state.log, actual):
+        elif last.post_checksum != actual and cut and self._cut_unapplied_tail(db, state.log, actual):
             pass
         elif last.post_checksum != actual:
             if not reset:
@@ -292,7 +296,9 @@ class Store:
         """
         match = None
         for txn in txlog.read():
-            if not txn.dropped and txn.post_checksum == actual:
+            if txn.dropped:
+                match = None  # never cut back across a drop
+            elif txn.post_checksum == actual:
                 match = txn.txid
         if match is None:
             return False

@@ -11,6 +11,8 @@ database file.
 
 from __future__ import annotations
 
+import errno
+import os
 import sqlite3
 from pathlib import Path
 
@@ -113,4 +115,20 @@ def test_memory_and_off_journal_modes_are_refused(mounted: MountProcess) -> None
     conn.execute("INSERT INTO t VALUES (3)")
     assert conn.execute("SELECT x FROM t").fetchall() == [(1,), (3,)]
     conn.close()
+    assert integrity(db) == "ok"
+
+
+def test_truncating_a_database_outside_a_transaction_is_refused(mounted: MountProcess) -> None:
+    db = mounted.mountpoint / "keep.db"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE t(x)")
+    conn.execute("INSERT INTO t VALUES (1)")
+    conn.commit()
+    conn.close()
+    size = db.stat().st_size
+    for attempt in (lambda: os.close(os.open(db, os.O_WRONLY | os.O_TRUNC)), lambda: os.truncate(db, 0)):
+        with pytest.raises(OSError) as info:
+            attempt()
+        assert info.value.errno == errno.EIO
+    assert db.stat().st_size == size == (mounted.data_dir / "keep.db").stat().st_size
     assert integrity(db) == "ok"
