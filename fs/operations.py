@@ -216,10 +216,14 @@ class Operations(pyfuse3.Operations):
                 raise  # uncached: the database may appear at any moment
             return _negative_entry()
 
-    @fuse_handler
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
-        for ino, count in inode_list:
-            self._inodes.forget(ino, count)
+        # pyfuse3 runs forget with no reply: any exception, FUSEError too,
+        # would end its main loop. So nothing may escape here.
+        try:
+            for ino, count in inode_list:
+                self._inodes.forget(ino, count)
+        except Exception:
+            log.exception("unexpected error in forget")
 
     @fuse_handler
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.EntryAttributes:

@@ -15,6 +15,12 @@ done
 if ! command -v "$PYTHON" >/dev/null 2>&1; then
     missing+=(python3 python3-venv python3-dev)
     PYTHON=python3
+elif [[ $("$PYTHON" -c 'import sys; print(sys.prefix)') == /usr ]]; then
+    # Debian's own Python: venv needs python3-venv (ensurepip), and pyfuse3
+    # builds from source against python3-dev's headers.
+    for pkg in python3-venv python3-dev; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    done
 fi
 if ((${#missing[@]})); then
     if [[ $(id -u) -ne 0 ]]; then
@@ -31,7 +37,8 @@ stamp=.venv/.installed
 if [[ -f $stamp && $stamp -nt pyproject.toml ]]; then
     exit 0
 fi
-if [[ ! -x .venv/bin/python ]]; then
+if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
+    rm -rf .venv  # missing, or left half-made by a failed run
     "$PYTHON" -m venv .venv
 fi
 if ! { .venv/bin/python -m pip install -q --upgrade pip &&

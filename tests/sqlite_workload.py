@@ -216,6 +216,12 @@ def run_workload(db: Path, mode: str, stop_file: Path, *, txns: int, writers: in
                 proc.wait()
 
 
+def last_acknowledged(output: str) -> int:
+    """The last `{"committed": n}` a writer or appender printed: what SQLite acknowledged."""
+    seqs = [json.loads(line)["committed"] for line in output.splitlines() if line.startswith('{"committed"')]
+    return seqs[-1] if seqs else 0
+
+
 def appender(db: str, mode: str, writer_id: int) -> None:
     """Insert (writer_id, seq) rows until killed; print each acknowledged seq."""
     conn = connect(db, mode, False)

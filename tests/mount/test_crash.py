@@ -7,7 +7,6 @@ acknowledged (`synchronous=FULL`) is both in the database and in the log.
 
 from __future__ import annotations
 
-import json
 import random
 import signal
 import sqlite3
@@ -20,8 +19,9 @@ import pytest
 
 from replication.checksum import database_checksum
 from replication.log import TransactionLog
+from fs.formats.image import apply_pages
 from tests.conftest import MountFactory, integrity
-from tests.mount.test_capture import apply
+from tests.sqlite_workload import last_acknowledged
 
 pytestmark = pytest.mark.fuse
 
@@ -29,11 +29,6 @@ WORKLOAD = str(Path(__file__).resolve().parent.parent / "sqlite_workload.py")
 ROUNDS = 50
 MODES = ("delete", "truncate", "persist", "wal")
 APPENDERS = 2
-
-
-def acked_by(out: str) -> int:
-    seqs = [json.loads(line)["committed"] for line in out.splitlines() if line.startswith('{"committed"')]
-    return seqs[-1] if seqs else 0
 
 
 def wait_for_acks(procs: list[subprocess.Popen[str]], minimum: int, timeout: float) -> None:
@@ -75,7 +70,7 @@ def test_kill9_under_write_load(mounts: MountFactory, tmp_path: Path) -> None:
                 proc.kill()
         for w, proc in enumerate(procs):
             out = proc.communicate()[0]
-            acked[w] = max(acked.get(w, 0), acked_by(out))
+            acked[w] = max(acked.get(w, 0), last_acknowledged(out))
         node.stop()  # clear the dead mount's processes; the next start clears the stale mount
 
         node.start()
@@ -94,7 +89,7 @@ def test_kill9_under_write_load(mounts: MountFactory, tmp_path: Path) -> None:
         try:
             image = bytearray()
             for txn in txlog:
-                apply(image, txn)
+                apply_pages(image, txn.page_size, txn.commit_size, txn.pages)
             last = txlog.last
         finally:
             txlog.close()
