@@ -82,6 +82,7 @@ class _Database:
     journal_magic: bytes = b""  # first bytes of the -journal, as last written
     dirty: dict[int, int] = field(default_factory=dict)  # db write offset -> length
     wal: WalTracker | None = None
+    wal_mode: bool | None = None  # header byte 19 == 2, as last written (None: not read yet)
 
 
 class Capture:
@@ -104,10 +105,12 @@ class Capture:
     def database_write(self, db: str, off: int, data: bytes) -> None:
         """Called before `data` is written at `off` into database `db`; raises to refuse it."""
         state = self._db(db)
+        if off <= _READ_VERSION_OFFSET < off + len(data):
+            state.wal_mode = data[_READ_VERSION_OFFSET - off] == _WAL_VERSION
         if state.journal_magic == JOURNAL_MAGIC:
             state.dirty[off] = max(len(data), state.dirty.get(off, 0))
             return
-        if not self._is_wal_mode(db, off, data):
+        if not self._is_wal_mode(db, state):
             log.error(
                 "refusing a write to %s with no rollback journal: journal_mode=MEMORY and OFF "
                 "are not supported (use DELETE, TRUNCATE, PERSIST or WAL)", db)
@@ -118,26 +121,39 @@ class Capture:
     def database_truncate(self, db: str, old_size: int, new_size: int) -> None:
         """Called before database `db` is truncated; raises to refuse it.
 
-        Allowed inside a rollback transaction (SQLite shrinks the file before
-        its commit point; the committed size is read then), in WAL mode
-        (checkpoints), and when nothing changes.
+        Allowed inside a rollback transaction, in WAL mode (checkpoints), and
+        whenever every page within the size in the database header survives:
+        in rollback mode SQLite shrinks the file just *after* the commit point
+        (pager_end_transaction), and the commit already used the header's size.
         """
-        if old_size == new_size or self._db(db).journal_magic == JOURNAL_MAGIC:
+        state = self._db(db)
+        if old_size == new_size or state.journal_magic == JOURNAL_MAGIC:
             return
-        if not self._is_wal_mode(db, new_size, b""):
+        if not self._is_wal_mode(db, state) and new_size < self._header_size_bytes(db):
             log.error("refusing to truncate %s outside a transaction: the change could not be "
                       "replicated", db)
             raise CaptureError(f"{db}: truncate without a journal")
 
-    def _is_wal_mode(self, db: str, off: int, data: bytes) -> bool:
-        if off <= _READ_VERSION_OFFSET < off + len(data):
-            return data[_READ_VERSION_OFFSET - off] == _WAL_VERSION
+    def _header_size_bytes(self, db: str) -> int:
+        """The database size the header states (page count x page size), 0 if unknown."""
         fd = os.open(db, os.O_RDONLY, dir_fd=self._dir_fd)
         try:
-            version = os.pread(fd, 1, _READ_VERSION_OFFSET)
+            header = parse_db_header(os.pread(fd, DB_HEADER_SIZE, 0))
+        except FormatError:
+            return 0
         finally:
             os.close(fd)
-        return version == bytes([_WAL_VERSION])
+        return (header.page_count or 0) * header.page_size
+
+    def _is_wal_mode(self, db: str, state: _Database) -> bool:
+        """Whether `db`'s header says WAL; read from the file once, then kept up to date."""
+        if state.wal_mode is None:
+            fd = os.open(db, os.O_RDONLY, dir_fd=self._dir_fd)
+            try:
+                state.wal_mode = os.pread(fd, 1, _READ_VERSION_OFFSET) == bytes([_WAL_VERSION])
+            finally:
+                os.close(fd)
+        return state.wal_mode
 
     # ---------------------------------------------------------- journal
 
