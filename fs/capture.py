@@ -235,7 +235,7 @@ class Capture:
         The tracker is (re)built from the file before the write reaches it, so
         the write itself is always seen as new. Returns what `write()` returned.
         """
-        state = self._db(db)
+        state = self._dbs.get(db) or self._db(db)
         if state.wal is None:
             state.wal = self._load_wal(db)
         written = write()

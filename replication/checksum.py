@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 from array import array
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 from functools import reduce
 from operator import xor
 
@@ -54,9 +54,12 @@ class _ZeroPages:
         return int.from_bytes(h.digest(), "big")
 
 
-@dataclass(frozen=True, slots=True, eq=False)
-class HashUpdate:
-    """A transaction's effect on a `PageHashes`, computed by `plan()`; `checksum` is the result."""
+class HashUpdate(NamedTuple):
+    """A transaction's effect on a `PageHashes`, computed by `plan()`; `checksum` is the result.
+
+    (A NamedTuple rather than a frozen dataclass: as immutable, and built
+    several times faster on the commit path.)
+    """
 
     owner: PageHashes
     base_size: int
@@ -101,6 +104,11 @@ class PageHashes:
     def checksum(self) -> int:
         """The current database checksum (0 for an empty database)."""
         return self._checksum
+
+    @property
+    def lock_page(self) -> int:
+        """The lock page's number for this page size (it never holds a page)."""
+        return self._lock_page
 
     @property
     def commit_size(self) -> int:
@@ -153,10 +161,13 @@ class PageHashes:
             )
             total ^= reduce(xor, grown, 0)
         changed: list[tuple[int, int]] = []
+        blake2b = hashlib.blake2b
         for pgno, page in pages.items():
             if pgno > commit_size or pgno == lock:
                 continue
-            new = page_hash(pgno, page)
+            h = blake2b(page, digest_size=_DIGEST)  # page_hash(pgno, page), inlined
+            h.update(pgno.to_bytes(4, "big"))
+            new = int.from_bytes(h.digest(), "big")
             # A page past the old size is in `grown`, where its slot holds 0.
             if pgno <= old_size:
                 total ^= hashes[pgno - 1]

@@ -18,6 +18,7 @@ msgpack map (see `_to_body`); it is unpacked with explicit limits.
 from __future__ import annotations
 
 import struct
+import threading
 import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
@@ -138,6 +139,42 @@ class Transaction:
         ordered = pages if list(pages) == sorted(pages) else dict(sorted(pages.items()))
         object.__setattr__(self, "pages", MappingProxyType(ordered))
 
+    @classmethod
+    def trusted(
+        cls,
+        db: str,
+        txid: int,
+        page_size: int,
+        commit_size: int,
+        pages: dict[int, bytes],
+        timestamp_ns: int,
+        node_id: str,
+        pre_checksum: int,
+        post_checksum: int,
+    ) -> Transaction:
+        """A transaction built WITHOUT the checks of the constructor, for callers that made them.
+
+        Only for the capture path (`Store.commit`), which has already checked
+        every field against what `__post_init__` requires. In particular
+        `pages` must be a fresh dict (the transaction keeps it, read-only) in
+        ascending page number order, its keys ints in 1..`commit_size` other
+        than the lock page, its values `bytes` of `page_size` bytes. Anything
+        decoded or otherwise untrusted goes through the constructor.
+        """
+        self = object.__new__(cls)
+        setattr_ = object.__setattr__
+        setattr_(self, "db", db)
+        setattr_(self, "txid", txid)
+        setattr_(self, "page_size", page_size)
+        setattr_(self, "commit_size", commit_size)
+        setattr_(self, "pages", MappingProxyType(pages))
+        setattr_(self, "timestamp_ns", timestamp_ns)
+        setattr_(self, "node_id", node_id)
+        setattr_(self, "pre_checksum", pre_checksum)
+        setattr_(self, "post_checksum", post_checksum)
+        setattr_(self, "dropped", False)
+        return self
+
     def __reduce__(self) -> tuple[type[Transaction], tuple[Any, ...]]:
         # MappingProxyType cannot be pickled or deep-copied: hand over a dict.
         return type(self), tuple(
@@ -176,19 +213,34 @@ _BODY_TYPES: dict[str, type] = {
 }
 
 
+_packers = threading.local()
+_HEAD_PREFIX = struct.Struct(">4sBBHII")
+_CRC = struct.Struct(">I")
+
+
+def _pack(obj: Any) -> bytes:
+    """msgpack.packb(obj, use_bin_type=True) with a reused Packer (one per thread)."""
+    packer = getattr(_packers, "packer", None)
+    if packer is None:
+        packer = _packers.packer = msgpack.Packer(use_bin_type=True)
+    try:
+        return packer.pack(obj)  # type: ignore[no-any-return]
+    except BaseException:
+        _packers.packer = None  # never reuse a packer whose buffer may hold a partial object
+        raise
+
+
 def encode_record(txn: Transaction, *, compress: bool = False) -> bytes:
     """The record bytes for `txn`; `compress` stores the body zlib-compressed (level 1)."""
-    body: bytes = msgpack.packb(_to_body(txn), use_bin_type=True)
+    body = _pack(_to_body(txn))
     flags = 0
     if compress:
         body = zlib.compress(body, 1)
         flags |= FLAG_ZLIB
     if len(body) > 0xFFFFFFFF:
         raise TransactionError(f"record body of {len(body)} bytes exceeds 4 GiB")
-    head = struct.pack(
-        ">4sBBHII", RECORD_MAGIC, RECORD_VERSION, flags, 0, len(body), zlib.crc32(body)
-    )
-    return head + zlib.crc32(head).to_bytes(4, "big") + body
+    head = _HEAD_PREFIX.pack(RECORD_MAGIC, RECORD_VERSION, flags, 0, len(body), zlib.crc32(body))
+    return b"".join((head, _CRC.pack(zlib.crc32(head)), body))
 
 
 def _read_header(
