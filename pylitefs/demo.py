@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -20,10 +21,8 @@ from pylitefs.process import MountProcess, is_mounted
 WRITER = textwrap.dedent(
     """
     import sqlite3, sys, time
-    db, mode, who, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    db, who, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
     conn = sqlite3.connect(db, timeout=30, isolation_level=None)
-    conn.execute(f"PRAGMA journal_mode={mode}")
-    conn.execute("CREATE TABLE IF NOT EXISTS events(id INTEGER PRIMARY KEY, who TEXT, at REAL, body TEXT)")
     start = time.perf_counter()
     for i in range(n):
         conn.execute("BEGIN IMMEDIATE")
@@ -43,6 +42,20 @@ READER = textwrap.dedent(
 )
 
 
+def create(path: Path, mode: str) -> None:
+    """Create the demo table in `path`, in journal mode `mode`, before the writers start.
+
+    Two writers switching a new database's journal mode at once would race:
+    SQLite answers one of them "database is locked" without waiting.
+    """
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute(f"PRAGMA journal_mode={mode}")
+        conn.execute("CREATE TABLE IF NOT EXISTS events(id INTEGER PRIMARY KEY, who TEXT, at REAL, body TEXT)")
+    finally:
+        conn.close()
+
+
 def run(root: Path, transactions: int) -> None:
     """The demo proper; raises on any failure."""
     node = MountProcess(mountpoint=root / "mnt", data_dir=root / "data", log_path=root / "pylitefs.log")
@@ -56,7 +69,8 @@ def run(root: Path, transactions: int) -> None:
         for mode, db in (("wal", "app.db"), ("delete", "jobs.db")):
             path = node.mountpoint / db
             print(f"2. two writer processes, {transactions} transactions each, {db} in journal_mode={mode}")
-            writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(path), mode, who, str(transactions)],
+            create(path, mode)
+            writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(path), who, str(transactions)],
                                         stdout=subprocess.PIPE, text=True) for who in ("alice", "bob")]
             rates = []
             for writer in writers:
