@@ -191,7 +191,7 @@ class Capture:
         try:
             header = parse_db_header(os.pread(fd, DB_HEADER_SIZE, 0))
             page_size = header.page_size
-            size = header.page_count or os.fstat(fd).st_size // page_size
+            size = header.effective_page_count(os.fstat(fd).st_size)
             pgnos = sorted({pgno for off, length in state.dirty.items()
                             for pgno in range(off // page_size + 1, (off + length - 1) // page_size + 2)
                             if pgno <= size})

@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fs.mount import unmount
+
 FUSECTL_DIR = "/sys/fs/fuse/connections"
 READY_MARKER = "pylitefs ready"
 
@@ -67,8 +69,7 @@ def abort_connection(mountpoint: str) -> bool:
 def force_unmount(mountpoint: str) -> None:
     """Detach whatever is mounted at `mountpoint` (lazy unmount)."""
     if is_mounted(mountpoint):
-        subprocess.run(["fusermount3", "-u", "-z", "-q", mountpoint],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        unmount(mountpoint)
     if is_mounted(mountpoint):
         subprocess.run(["umount", "-l", mountpoint],
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
