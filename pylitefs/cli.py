@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="config file (default: ./litefs.yml, then /etc/litefs.yml)")
     mount.add_argument("--fuse.dir", dest="fuse.dir", metavar="DIR", help="mount point (overrides fuse.dir)")
     mount.add_argument("--data.dir", dest="data.dir", metavar="DIR", help="data directory (overrides data.dir)")
+    mount.add_argument("--http.addr", dest="http.addr", metavar="ADDR",
+                       help="HTTP API and replication stream address, e.g. :20202 (overrides http.addr)")
     mount.add_argument("--fuse.allow-other", dest="fuse.allow-other", action="store_const", const=True,
                        help="let other users access the mount")
     mount.add_argument("--fuse.debug", dest="fuse.debug", action="store_const", const=True,

@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import socket
 import typing
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +24,11 @@ import yaml
 DEFAULT_CONFIG_PATHS = ("litefs.yml", "/etc/litefs.yml")
 DEFAULT_FUSE_DIR = "/litefs"
 DEFAULT_DATA_DIR = "/var/lib/litefs"
+#: LiteFS's default HTTP port: the HTTP API and the replication stream share it.
+DEFAULT_HTTP_ADDR = ":20202"
+#: Environment variable read for the cluster secret when `cluster.secret` is not set.
+SECRET_ENV = "PYLITEFS_CLUSTER_SECRET"
+LEASE_TYPES = ("static",)
 
 
 class ConfigError(Exception):
@@ -59,11 +66,67 @@ class DataConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LeaseConfig:
+    """`lease:` — who is primary. A static lease names a fixed primary, as LiteFS's does.
+
+    Every node's `advertise-url` is the primary's URL; the primary itself has
+    `candidate: true`. No `lease` section at all: a single static primary.
+    """
+
+    type: str = "static"
+    #: This node is the primary (static lease).
+    candidate: bool = True
+    #: This node's name, shown in `.primary` on replicas (default: the host name).
+    hostname: str = ""
+    #: The primary's URL, e.g. http://primary:20202 (default on the primary: derived from http.addr).
+    advertise_url: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class HttpConfig:
+    """`http:` — one port for the HTTP API and the replication stream."""
+
+    addr: str = DEFAULT_HTTP_ADDR
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """`cluster:` — what every node of one cluster shares."""
+
+    #: Shared secret that authenticates stream peers (never sent). Falls back
+    #: to the environment variable PYLITEFS_CLUSTER_SECRET.
+    secret: str = ""
+    #: Expected cluster id; empty: adopt the primary's (created once, stored in data.dir).
+    id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration of a node."""
 
     fuse: FuseConfig = field(default_factory=FuseConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    lease: LeaseConfig = field(default_factory=LeaseConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+    @property
+    def hostname(self) -> str:
+        """This node's name: lease.hostname, or the machine's host name."""
+        return self.lease.hostname or socket.gethostname()
+
+    @property
+    def secret(self) -> bytes:
+        """The cluster secret from the file, else from $PYLITEFS_CLUSTER_SECRET (may be empty)."""
+        return (self.cluster.secret or os.environ.get(SECRET_ENV, "")).encode()
+
+    @property
+    def primary_url(self) -> str:
+        """The primary's base URL (http://host:port), for replicas to connect to."""
+        if self.lease.advertise_url:
+            return self.lease.advertise_url.rstrip("/")
+        host, port = parse_addr(self.http.addr)
+        return f"http://{host if host not in ('', '0.0.0.0', '::') else 'localhost'}:{port}"
 
     def validate(self) -> Config:
         """Return self, or raise ConfigError for contradictory settings."""
@@ -81,7 +144,43 @@ class Config:
             raise ConfigError(f"fuse.dir ({fuse_dir}) must not be inside data.dir ({data_dir})")
         if self.data.retention_monitor_interval <= 0:
             raise ConfigError("data.retention-monitor-interval must be more than 0")
+        if self.lease.type not in LEASE_TYPES:
+            raise ConfigError(f"lease.type must be one of {', '.join(LEASE_TYPES)}, not {self.lease.type!r}")
+        try:
+            parse_addr(self.http.addr)
+        except ValueError as exc:
+            raise ConfigError(f"'http.addr': {exc}") from None
+        if not self.lease.candidate:
+            if not self.lease.advertise_url:
+                raise ConfigError("lease.advertise-url must name the primary's URL on a replica "
+                                  "(lease.candidate: false)")
+            try:
+                parse_url(self.lease.advertise_url)
+            except ValueError as exc:
+                raise ConfigError(f"'lease.advertise-url': {exc}") from None
+            if not self.secret:
+                raise ConfigError(f"a replica needs the cluster secret: set cluster.secret or ${SECRET_ENV}")
         return self
+
+
+def parse_addr(addr: str) -> tuple[str, int]:
+    """(host, port) of a listen address `host:port` or `:port`; ValueError if malformed."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"not a listen address: {addr!r} (examples: :20202, 127.0.0.1:20202)")
+    return host.strip("[]"), int(port)
+
+
+def parse_url(url: str) -> tuple[str, int]:
+    """(host, port) of an http:// URL (port 80 when absent); ValueError if malformed."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        raise ValueError(f"not an http:// URL with a host: {url!r}")
+    try:
+        port = parts.port or 80
+    except ValueError:
+        raise ValueError(f"bad port in {url!r}") from None
+    return parts.hostname, port
 
 
 _ENV_PATTERN = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")

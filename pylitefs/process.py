@@ -87,10 +87,17 @@ class MountProcess:
     proc: subprocess.Popen[bytes] | None = None
 
     def command(self) -> list[str]:
-        """The command line that runs the daemon."""
+        """The command line that runs the daemon.
+
+        Without a config file or an explicit --http.addr, the node listens on
+        an ephemeral loopback port, so that any number of single-node mounts
+        can run side by side.
+        """
+        defaults = [] if any(a in ("--config", "--http.addr") for a in self.extra_args) else [
+            "--http.addr", "127.0.0.1:0"]
         return [sys.executable, "-m", "pylitefs", "mount",
                 "--fuse.dir", str(self.mountpoint), "--data.dir", str(self.data_dir),
-                *self.extra_args]
+                *defaults, *self.extra_args]
 
     def start(self, timeout: float = 30.0) -> MountProcess:
         """Start the daemon and wait until its mount is ready."""

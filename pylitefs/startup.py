@@ -16,8 +16,9 @@ import os
 
 from fs.formats import FormatError
 from fs.formats.image import apply_pages
-from fs.recovery import RecoveredDatabase, databases, recover
-from replication.store import ChecksumMismatchError, Store
+from fs.recovery import RecoveredDatabase, databases, read_file, recover
+from replication.checksum import database_checksum
+from replication.store import ChecksumMismatchError, Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -89,3 +90,77 @@ def _image_after(rec: RecoveredDatabase, commits: int) -> bytes:
     for commit in rec.wal_commits[:commits]:
         apply_pages(image, commit.page_size, commit.commit_size, commit.pages)
     return bytes(image)
+
+
+def recover_replica_databases(data_dir: str, store: Store) -> None:
+    """Bring a replica's copies back to the last logged transaction (blocking: run in a thread).
+
+    A replica logs (and fsyncs) each transaction before it writes the pages,
+    so after a crash a copy is either at its log's last TXID or part-way
+    through writing that transaction's pages: the last transaction is then
+    written again (its pages are whole, so this is exact). A copy that
+    matches neither is reported at ERROR level and discarded with its log;
+    the primary sends a snapshot when the replica connects.
+    """
+    dir_fd = os.open(data_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        names = set(databases(dir_fd)) | set(store.databases())
+        for db in sorted(names):
+            try:
+                image = read_file(dir_fd, db) or b""
+                store.load(db, image, cut=False)
+                continue
+            except ChecksumMismatchError as exc:
+                mismatch: Exception = exc
+            except (StoreError, FormatError) as exc:
+                mismatch = exc
+            if _redo_last(dir_fd, store, db):
+                continue
+            log.error("%s: the local copy does not match its log (%s); discarding it, "
+                      "the primary will send a snapshot", db, mismatch)
+            for name in (db, f"{db}-wal", f"{db}-shm"):
+                try:
+                    os.unlink(name, dir_fd=dir_fd)
+                except FileNotFoundError:
+                    pass
+            os.fsync(dir_fd)
+            store.forget(db)
+    finally:
+        os.close(dir_fd)
+
+
+def _redo_last(dir_fd: int, store: Store, db: str) -> bool:
+    """Write the last logged transaction of `db` into its file again; True if that matches the log."""
+    last = store.last(db)
+    if last is None:
+        return False
+    if last.dropped or not last.commit_size:
+        image = b""
+    else:
+        buf = bytearray(read_file(dir_fd, db) or b"")
+        apply_pages(buf, last.page_size, last.commit_size, last.pages)
+        if database_checksum(buf, last.page_size) != last.post_checksum:
+            return False
+        image = bytes(buf)
+    if image:
+        fd = os.open(db, os.O_RDWR | os.O_CREAT, 0o644, dir_fd=dir_fd)
+        try:
+            os.pwrite(fd, image, 0)
+            os.ftruncate(fd, len(image))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    else:
+        for name in (db, f"{db}-wal", f"{db}-shm"):
+            try:
+                os.unlink(name, dir_fd=dir_fd)
+            except FileNotFoundError:
+                pass
+    os.fsync(dir_fd)
+    try:
+        store.load(db, image, cut=False)
+    except ChecksumMismatchError:
+        return False
+    log.warning("%s: wrote TXID %d again: the node stopped while applying it", db, last.txid)
+    return True
+

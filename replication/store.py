@@ -37,6 +37,7 @@ from replication.txn import Transaction
 __all__ = [
     "DEFAULT_RETENTION_SECONDS",
     "ChecksumMismatchError",
+    "DivergedError",
     "Listener",
     "Store",
     "StoreError",
@@ -54,6 +55,10 @@ ImageSource = bytes | bytearray | memoryview | Callable[[], bytes | bytearray | 
 
 class StoreError(Exception):
     """A store operation that cannot be done (bad name, database not loaded, ...)."""
+
+
+class DivergedError(StoreError):
+    """A replicated transaction does not continue this database's history (TXID or checksum)."""
 
 
 class ChecksumMismatchError(StoreError):
@@ -162,6 +167,98 @@ class Store:
         state.hashes = hashes
         if self._listeners:
             self._notify(txn)
+
+    def append(self, txn: Transaction) -> None:
+        """Log a transaction received from the primary, after checking it continues `txn.db` exactly.
+
+        For replicas. The TXID must follow the last one (any TXID on an empty
+        log), the pre-checksum must be this database's checksum, and the
+        checksum computed from the pages must be the transaction's
+        post-checksum; otherwise DivergedError, changing nothing (the replica
+        then needs a snapshot). Appended, not fsynced, when this returns.
+        """
+        db = txn.db
+        state = self._dbs.get(db) or self._open(db)
+        if not state.loaded:
+            raise StoreError(f"{db}: its log has transactions but load() was not called")
+        last = state.log.last
+        if last is not None and txn.txid != last.txid + 1:
+            raise DivergedError(f"{db}: TXID {txn.txid} does not follow TXID {last.txid}")
+        hashes = state.hashes
+        pre = hashes.checksum if hashes is not None else 0
+        if txn.pre_checksum != pre:
+            raise DivergedError(f"{db}: TXID {txn.txid} starts from checksum {txn.pre_checksum:016x}, "
+                                f"this copy is at {pre:016x}")
+        if txn.dropped:
+            state.log.append(txn)
+            state.hashes = None
+            self._notify(txn)
+            return
+        if hashes is None or hashes.page_size != txn.page_size:
+            if hashes is not None:
+                _check_full(db, txn.page_size, txn.commit_size, txn.pages)
+            hashes = PageHashes(txn.page_size)
+        update = hashes.plan(txn.pages, txn.commit_size)
+        if update.checksum != txn.post_checksum:
+            raise DivergedError(f"{db}: TXID {txn.txid} leads to checksum {update.checksum:016x}, "
+                                f"not {txn.post_checksum:016x} as on the primary")
+        state.log.append(txn)
+        hashes.apply_update(update)
+        state.hashes = hashes
+        self._notify(txn)
+
+    def reset(self, txn: Transaction) -> None:
+        """Replace `txn.db`'s history with `txn`, a snapshot (every page) or a drop.
+
+        For replicas: the log becomes this one record (fsynced) and the
+        checksum is recomputed from its pages; DivergedError if that is not
+        its post-checksum (nothing changed then). A transaction with commit
+        size 0 and no pages means the database does not exist. Blocking.
+        """
+        db = txn.db
+        _check_name(db)
+        hashes: PageHashes | None = None
+        if not txn.dropped and txn.commit_size:
+            hashes = PageHashes(txn.page_size)
+            _check_full(db, txn.page_size, txn.commit_size, txn.pages)
+            update = hashes.plan(txn.pages, txn.commit_size)
+            if update.checksum != txn.post_checksum:
+                raise DivergedError(f"{db}: snapshot at TXID {txn.txid} has checksum "
+                                    f"{update.checksum:016x}, not {txn.post_checksum:016x}")
+            hashes.apply_update(update)
+        path = self._path(db)
+        tmp = path + ".reset"
+        _write_log(tmp, [txn])
+        old = self._dbs.pop(db, None)
+        if old is not None:
+            old.log.close()
+        os.rename(tmp, path)
+        _fsync_dir(self.logs_dir)
+        self._dbs[db] = _Db(TransactionLog.open(path), hashes, True)
+        self._notify(txn)
+
+    def forget(self, db: str) -> None:
+        """Delete `db`'s log and state (a replica discarding a copy it cannot trust)."""
+        _check_name(db)
+        state = self._dbs.pop(db, None)
+        if state is not None:
+            state.log.close()
+        _unlink_quietly(self._path(db))
+        _fsync_dir(self.logs_dir)
+
+    def last(self, db: str) -> Transaction | None:
+        """The last logged transaction of `db` (opening its log if needed), or None."""
+        state = self._dbs.get(db) or self._open(db)
+        return state.log.last
+
+    def positions(self) -> dict[str, tuple[int, int]]:
+        """(TXID, checksum) of every database with a log (any thread)."""
+        out = {}
+        for db in self.databases():
+            pos = self.position(db)
+            if pos is not None:
+                out[db] = pos
+        return out
 
     def drop(self, db: str) -> None:
         """Log that `db` was deleted (a dropped transaction); a no-op if it has no content."""

@@ -43,7 +43,13 @@ def test_env_expansion_in_file() -> None:
     ("text", "message"),
     [
         ("fuse:\n  colour: blue\n", "unknown key 'fuse.colour'"),
-        ("lease:\n  type: static\n", "unknown key 'lease'"),
+        ("lease:\n  colour: blue\n", "unknown key 'lease.colour'"),
+        ("lease:\n  type: consul\n", "lease.type must be one of static"),
+        ("http:\n  addr: nowhere\n", "'http.addr': not a listen address"),
+        ("lease:\n  candidate: false\n", "lease.advertise-url must name the primary"),
+        ("lease:\n  candidate: false\n  advertise-url: ftp://x\ncluster:\n  secret: s\n",
+         "'lease.advertise-url': not an http:// URL"),
+        ("lease:\n  candidate: false\n  advertise-url: http://p:20202\n", "a replica needs the cluster secret"),
         ("fuse: [1, 2]\n", "'fuse' must be a mapping"),
         ("fuse:\n  allow-other: sometimes\n", "'fuse.allow-other' must be true or false"),
         ("fuse:\n  dir: [a]\n", "'fuse.dir' must be a string"),
@@ -96,3 +102,24 @@ def test_sizes() -> None:
         parse("data:\n  retention-max-size: lots\n")
     with pytest.raises(ConfigError, match="'data.retention': not a duration"):
         parse("data:\n  retention: soon\n")
+
+
+def test_replica_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PYLITEFS_CLUSTER_SECRET", raising=False)
+    config = parse("lease:\n  type: static\n  candidate: false\n  hostname: r1\n"
+                   "  advertise-url: http://primary:20202/\nhttp:\n  addr: 127.0.0.1:30000\n"
+                   "cluster:\n  secret: s3cret\n")
+    assert config.lease.candidate is False and config.hostname == "r1"
+    assert config.primary_url == "http://primary:20202"
+    assert config.secret == b"s3cret"
+
+
+def test_secret_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYLITEFS_CLUSTER_SECRET", "from-env")
+    config = parse("lease:\n  candidate: false\n  advertise-url: http://p:1\n")
+    assert config.secret == b"from-env"
+
+
+def test_no_lease_section_is_a_single_primary() -> None:
+    config = parse("http:\n  addr: :4000\n")
+    assert config.lease.candidate is True and config.primary_url == "http://localhost:4000"

@@ -1,0 +1,316 @@
+"""The replica's side of replication: follow the primary's stream and apply what it sends.
+
+`ReplicaClient.run()` connects to the primary's URL, authenticates (the
+`replication.wire` handshake), sends its position of every database, and then
+applies what arrives, in order per database:
+
+1. the transaction is checked against this copy's history and logged
+   (`Store.append`: TXID follows, pre-checksum is ours, the post-checksum
+   computed from its pages is the primary's), and the log is fsynced;
+2. the pages are written into the database (the `apply` callback: through
+   the mount, under SQLite's locks);
+3. the applied position is published (`-pos`, `.lag`) and acknowledged.
+
+Transactions that arrive together are logged and applied as one batch. A
+transaction that does not continue this copy's history stops that database
+and asks the primary for a snapshot (`Resync`), loudly; a snapshot replaces
+the copy and its log. Connection failures are retried with backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import trio
+
+from replication.store import DivergedError, Store
+from replication.stream import MessageStream, StreamClosed, UpgradeError, open_upgraded
+from replication.txn import Transaction
+from replication.wire import (
+    NONCE_SIZE,
+    PROTOCOL_VERSION,
+    Ack,
+    Auth,
+    Challenge,
+    Heartbeat,
+    Hello,
+    Message,
+    ProtocolError,
+    Refused,
+    Resync,
+    SnapshotAssembler,
+    SnapshotBegin,
+    SnapshotEnd,
+    SnapshotPages,
+    TxnAssembler,
+    TxnChunk,
+    Welcome,
+    check_proof,
+    proof,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RECONNECT_DELAY = 0.1
+MAX_RECONNECT_DELAY = 5.0
+DEFAULT_CONNECT_TIMEOUT = 10.0
+#: The primary is presumed gone after this many heartbeat intervals of silence.
+SILENCE_HEARTBEATS = 5
+
+#: Writes transactions of one database into the mount: apply(db, txns).
+ApplyFn = Callable[[str, list[Transaction]], Awaitable[None]]
+
+
+class ReplicationRefused(Exception):
+    """The primary refused this replica, or proved to be of another cluster; the message says why."""
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A transaction or snapshot received and not yet applied."""
+
+    txn: Transaction
+    snapshot: bool
+
+
+class ReplicaClient:
+    """Follows the primary at `primary_url` into `store` and the mount (through `apply`)."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        node_id: str,
+        secret: bytes,
+        primary_url: str,
+        apply: ApplyFn,
+        cluster_id: Callable[[], str],
+        adopt_cluster_id: Callable[[str], None],
+        heartbeat_interval: float = 1.0,
+    ) -> None:
+        self.store = store
+        self.node_id = node_id
+        self.secret = secret
+        self.primary_url = primary_url
+        self.apply = apply
+        self._cluster_id = cluster_id
+        self._adopt_cluster_id = adopt_cluster_id
+        self.heartbeat_interval = heartbeat_interval
+        #: The primary's node id while connected (shown in `.primary`).
+        self.primary: str | None = None
+        self.term = 0
+        self.connected = False
+        #: The primary's positions from its last heartbeat.
+        self.primary_positions: dict[str, tuple[int, int]] = {}
+        # Positions applied to the mount (what -pos shows).
+        self.applied: dict[str, tuple[int, int]] = store.positions()
+        self._caught_up_at = time.monotonic()
+        self._diverged: set[str] = set()
+
+    # ---------------------------------------------------------------- status
+
+    def position(self, db: str) -> tuple[int, int] | None:
+        """The position of `db` as applied to the mount."""
+        return self.applied.get(db)
+
+    def caught_up(self) -> bool:
+        """True when every position of the primary's last heartbeat is applied here."""
+        return self.connected and all(
+            self.applied.get(db, (0, 0))[0] >= txid for db, (txid, _) in self.primary_positions.items()
+        )
+
+    def lag_ms(self) -> int:
+        """Milliseconds since this replica last had everything the primary had (0 when it does)."""
+        if self._note_progress():
+            return 0
+        return int((time.monotonic() - self._caught_up_at) * 1000)
+
+    def _note_progress(self) -> bool:
+        caught_up = self.caught_up()
+        if caught_up:
+            self._caught_up_at = time.monotonic()
+        return caught_up
+
+    # ------------------------------------------------------------- the loop
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Follow the primary forever, reconnecting with backoff."""
+        task_status.started()
+        delay = DEFAULT_RECONNECT_DELAY
+        while True:
+            try:
+                stream = await open_upgraded(self.primary_url, DEFAULT_CONNECT_TIMEOUT)
+            except (OSError, UpgradeError, trio.TooSlowError) as exc:
+                log.warning("cannot reach the primary at %s, retrying in %.1fs: %s",
+                            self.primary_url, delay, _reason(exc))
+            else:
+                try:
+                    await self._session(stream)
+                    delay = DEFAULT_RECONNECT_DELAY
+                except ReplicationRefused as exc:
+                    log.error("the primary at %s refused replication, retrying in %.1fs: %s",
+                              self.primary_url, delay, exc)
+                except (ProtocolError, StreamClosed, trio.TooSlowError, trio.BrokenResourceError,
+                        trio.ClosedResourceError, OSError) as exc:
+                    log.warning("stream from the primary at %s ended, reconnecting in %.1fs: %s",
+                                self.primary_url, delay, _reason(exc))
+                    if self.connected:
+                        delay = DEFAULT_RECONNECT_DELAY
+                finally:
+                    self.connected = False
+                    self.primary = None
+                    await stream.aclose()
+            await trio.sleep(delay)
+            delay = min(delay * 2, MAX_RECONNECT_DELAY)
+
+    async def _session(self, stream: MessageStream) -> None:
+        await self._handshake(stream)
+        self.connected = True
+        log.info("replicating from %s (%s, term %d)", self.primary, self.primary_url, self.term)
+        send, receive = trio.open_memory_channel[_Pending](1024)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._apply_loop, receive, stream)
+            await self._receive_loop(stream, send)
+
+    async def _handshake(self, stream: MessageStream) -> None:
+        cluster_id = self._cluster_id()
+        nonce = secrets.token_bytes(NONCE_SIZE)
+        with trio.fail_after(DEFAULT_CONNECT_TIMEOUT):
+            await stream.send(Hello(PROTOCOL_VERSION, cluster_id, self.node_id, nonce))
+            challenge = await stream.receive()
+            if isinstance(challenge, Refused):
+                raise ReplicationRefused(challenge.reason)
+            if not isinstance(challenge, Challenge):
+                raise ProtocolError(f"expected challenge, got {type(challenge).__name__}")
+            if challenge.version != PROTOCOL_VERSION:
+                raise ReplicationRefused(f"the primary speaks protocol version {challenge.version}, "
+                                         f"this replica {PROTOCOL_VERSION}")
+            if cluster_id and challenge.cluster_id != cluster_id:
+                raise ReplicationRefused(f"the primary belongs to cluster {challenge.cluster_id}, "
+                                         f"this node to {cluster_id}")
+            expected = proof(self.secret, "primary", challenge.cluster_id, challenge.node_id,
+                             challenge.nonce, nonce)
+            if not check_proof(expected, challenge.proof):
+                raise ReplicationRefused("the primary could not prove it knows the cluster secret")
+            mine = proof(self.secret, "replica", challenge.cluster_id, self.node_id, nonce, challenge.nonce)
+            await stream.send(Auth(mine, dict(self.applied)))
+            answer = await stream.receive()
+            if isinstance(answer, Refused):
+                raise ReplicationRefused(answer.reason)
+            if not isinstance(answer, Welcome):
+                raise ProtocolError(f"expected welcome, got {type(answer).__name__}")
+        if not cluster_id:
+            self._adopt_cluster_id(challenge.cluster_id)
+        self.primary = challenge.node_id
+        self.term = challenge.term
+
+    async def _receive_loop(self, stream: MessageStream, send: trio.MemorySendChannel[_Pending]) -> None:
+        txns = TxnAssembler()
+        snapshots = SnapshotAssembler(node_id=self.primary or "", timestamp_ns=0)
+        silence = self.heartbeat_interval * SILENCE_HEARTBEATS
+        while True:
+            with trio.fail_after(silence):
+                msg: Message = await stream.receive()
+            if isinstance(msg, TxnChunk):
+                txn = txns.feed(msg)
+                if txn is not None:
+                    await send.send(_Pending(txn, False))
+            elif isinstance(msg, (SnapshotBegin, SnapshotPages, SnapshotEnd)):
+                txn = snapshots.feed(msg)
+                if txn is not None:
+                    await send.send(_Pending(txn, True))
+            elif isinstance(msg, Heartbeat):
+                self.primary_positions = dict(msg.positions)
+                self._note_progress()
+            else:
+                raise ProtocolError(f"unexpected {type(msg).__name__} from the primary")
+
+    async def _apply_loop(self, receive: trio.MemoryReceiveChannel[_Pending], stream: MessageStream) -> None:
+        while True:
+            batch = [await receive.receive()]
+            while True:
+                try:
+                    batch.append(receive.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            changed = await self._apply_batch(batch, stream)
+            if changed:
+                await stream.send(Ack({db: self.applied[db] for db in changed if db in self.applied}))
+
+    async def _apply_batch(self, batch: list[_Pending], stream: MessageStream) -> set[str]:
+        """Log and apply `batch` in order, grouping consecutive transactions of one database."""
+        changed: set[str] = set()
+        group: list[Transaction] = []
+        for item in batch:
+            if item.snapshot:
+                await self._apply_group(group, stream, changed)
+                group = []
+                await self._apply_snapshot(item.txn)
+                changed.add(item.txn.db)
+            else:
+                if group and group[0].db != item.txn.db:
+                    await self._apply_group(group, stream, changed)
+                    group = []
+                group.append(item.txn)
+        await self._apply_group(group, stream, changed)
+        return changed
+
+    async def _apply_group(self, group: list[Transaction], stream: MessageStream, changed: set[str]) -> None:
+        if not group:
+            return
+        db = group[0].db
+        if db in self._diverged:
+            return  # waiting for the snapshot asked for
+        logged: list[Transaction] = []
+        for txn in group:
+            try:
+                self.store.append(txn)
+            except DivergedError as exc:
+                log.error("%s: %s; stopping this database and asking the primary for a snapshot", db, exc)
+                self._diverged.add(db)
+                await stream.send(Resync(db))
+                break
+            logged.append(txn)
+        if not logged:
+            return
+        await trio.to_thread.run_sync(self.store.sync, db)
+        await self.apply(db, logged)
+        last = logged[-1]
+        self.applied[db] = (last.txid, last.post_checksum)
+        changed.add(db)
+        self._note_progress()
+
+    async def _apply_snapshot(self, txn: Transaction) -> None:
+        db = txn.db
+        self._diverged.discard(db)
+        if txn.txid == 0:  # the primary has no such database: discard ours
+            await self.apply(db, [_drop(txn, 1)])
+            await trio.to_thread.run_sync(self.store.forget, db)
+            self.applied.pop(db, None)
+            log.info("%s: the primary has no such database; removed the local copy", db)
+            return
+        if txn.commit_size == 0:
+            txn = _drop(txn, txn.txid)
+        await trio.to_thread.run_sync(self.store.reset, txn)
+        await self.apply(db, [txn])
+        self.applied[db] = (txn.txid, txn.post_checksum)
+        log.info("%s: replaced the local copy with the primary's snapshot at TXID %d (%d pages)",
+                 db, txn.txid, len(txn.pages))
+
+
+def _drop(txn: Transaction, txid: int) -> Transaction:
+    """A transaction that deletes `txn.db`, as TXID `txid`."""
+    return Transaction(db=txn.db, txid=txid, page_size=txn.page_size, commit_size=0, pages={},
+                       timestamp_ns=txn.timestamp_ns, node_id=txn.node_id, pre_checksum=0,
+                       post_checksum=0, dropped=True)
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+__all__ = ["ApplyFn", "ReplicaClient", "ReplicationRefused"]
