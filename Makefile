@@ -3,6 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PYTEST ?= $(PY) -m pytest
 ARGS   ?=
+REPL_ARGS ?=
 
 .PHONY: install test unit demo bench clean
 
@@ -24,9 +25,10 @@ unit: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(PY) -m pylitefs.demo
 
-## Benchmarks: native SQLite vs the pylitefs mount vs bindfs, in one run.
+## Benchmarks: native SQLite vs the pylitefs mount vs bindfs, in one run; then replication.
 bench: $(VENV)/.installed
 	$(PY) -m bench.run $(ARGS)
+	$(PY) -m bench.replication $(REPL_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache demo

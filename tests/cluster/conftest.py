@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.harness import Cluster
+from pylitefs.cluster import Cluster
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.harness import Cluster, committed_image, wait_caught_up, wait_for
+from pylitefs.cluster import Cluster, committed_image, wait_caught_up, wait_for
 from tests.conftest import integrity
 from tests.sqlite_workload import run_workload
 

@@ -1,8 +1,8 @@
-"""A cluster of real `pylitefs mount` processes on loopback, for the replication tests.
+"""A local cluster of real `pylitefs mount` processes on loopback: tests, benchmarks, demo.
 
 Each node is its own process with its own mount, data dir, config file and
 HTTP port; `Cluster.stop()` leaves nothing running or mounted, whatever
-happened in the test.
+happened before.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import yaml
 
 from pylitefs.process import MountProcess
 
-SECRET = "test-cluster-secret"
+SECRET = "local-cluster-secret"
 T = TypeVar("T")
 
 

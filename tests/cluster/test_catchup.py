@@ -1,0 +1,115 @@
+"""Replicas that were away: started late, gone past the retention, altered, killed mid-apply.
+
+Each ends with the replica at the primary's exact position, byte-identical,
+integrity ok.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from pylitefs.cluster import Cluster, Node, committed_image, wait_caught_up, wait_for
+from tests.conftest import integrity
+
+pytestmark = pytest.mark.fuse
+
+
+def write_rows(node: Node, db: str, n: int, *, mode: str = "wal", start: int = 0, blob: int = 200) -> None:
+    conn = sqlite3.connect(node.mountpoint / db, isolation_level=None, timeout=30)
+    try:
+        conn.execute(f"PRAGMA journal_mode={mode}")
+        conn.execute("CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, v BLOB)")
+        for i in range(start, start + n):
+            conn.execute("INSERT INTO t VALUES(?, randomblob(?))", (i, blob))
+    finally:
+        conn.close()
+
+
+def assert_identical(primary: Node, replica: Node, db: str) -> None:
+    wait_caught_up(primary, [replica], db)
+    assert (replica.data_dir / db).read_bytes() == committed_image(primary, db)
+    assert integrity(replica.mountpoint / db) == "ok"
+
+
+def test_a_replica_started_late_catches_up_from_the_log(cluster: Cluster) -> None:
+    primary = cluster.primary()
+    write_rows(primary, "late.db", 200)
+    replica = cluster.replica("r1")
+    assert_identical(primary, replica, "late.db")
+    write_rows(primary, "late.db", 50, start=200)  # and then follows live
+    assert_identical(primary, replica, "late.db")
+    assert "snapshot" not in replica.log_text()
+
+
+def test_a_replica_away_longer_than_the_retention_gets_a_snapshot(cluster: Cluster) -> None:
+    primary = cluster.primary(data={"retention": "1s", "retention-monitor-interval": "200ms"})
+    replica = cluster.replica("r1")
+    write_rows(primary, "ret.db", 20)
+    wait_caught_up(primary, [replica], "ret.db")
+    assert replica.stop() == 0
+    write_rows(primary, "ret.db", 100, start=20)
+    first = primary.data_dir / ".pylitefs" / "logs" / "ret.db.log"
+    wait_for(lambda: "retention: dropped" in primary.log_text(), 20, "the primary to drop old transactions")
+    replica.start()
+    assert_identical(primary, replica, "ret.db")
+    assert "replaced the local copy with the primary's snapshot" in replica.log_text()
+    assert first.exists()
+
+
+def test_a_copy_altered_behind_the_daemon_is_replaced_by_a_snapshot(cluster: Cluster) -> None:
+    primary = cluster.primary()
+    replica = cluster.replica("r1")
+    write_rows(primary, "alt.db", 30, mode="delete")
+    wait_caught_up(primary, [replica], "alt.db")
+    assert replica.stop() == 0
+    conn = sqlite3.connect(replica.data_dir / "alt.db")  # behind the daemon's back
+    conn.execute("DELETE FROM t WHERE id < 10")
+    conn.commit()
+    conn.close()
+    replica.start()
+    assert_identical(primary, replica, "alt.db")
+    assert "does not match its log" in replica.log_text()
+
+
+def test_kill_9_of_a_replica_while_it_applies(cluster: Cluster) -> None:
+    primary = cluster.primary()
+    replica = cluster.replica("r1")
+    write_rows(primary, "k.db", 1)
+    wait_caught_up(primary, [replica], "k.db")
+    writer = threading.Thread(target=write_rows, args=(primary, "k.db", 3000), kwargs={"start": 10, "blob": 3000})
+    writer.start()
+    try:
+        for _ in range(3):
+            wait_for(lambda: (replica.position("k.db") or (0, 0))[0] > 5, 30, "the replica to apply")
+            replica.proc.send_signal(signal.SIGKILL)
+            replica.wait(30)
+            replica.start()
+    finally:
+        writer.join()
+    assert_identical(primary, replica, "k.db")
+
+
+def test_dropped_and_recreated_databases_follow(cluster: Cluster) -> None:
+    primary = cluster.primary()
+    replica = cluster.replica("r1")
+    write_rows(primary, "a.db", 10)
+    write_rows(primary, "b.db", 10, mode="delete")
+    wait_caught_up(primary, [replica], "a.db")
+    wait_caught_up(primary, [replica], "b.db")
+    for suffix in ("", "-wal", "-shm"):
+        if (primary.mountpoint / f"a.db{suffix}").exists():
+            os.unlink(primary.mountpoint / f"a.db{suffix}")
+    wait_for(lambda: not (replica.mountpoint / "a.db").exists(), 30, "a.db to disappear on the replica")
+    write_rows(primary, "a.db", 5, mode="delete")
+    assert_identical(primary, replica, "a.db")
+    assert_identical(primary, replica, "b.db")
+    with sqlite3.connect(replica.mountpoint / "a.db") as conn:
+        assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 5
