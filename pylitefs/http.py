@@ -90,6 +90,8 @@ class HttpServer:
                 pass
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             log.debug("HTTP client %s went away: %s", peer, exc)
+        except Exception:  # one connection's bug must not stop the server for everyone
+            log.exception("unexpected error serving %s", peer)
         finally:
             try:
                 await stream.aclose()

@@ -30,7 +30,7 @@ from fs.formats.dbheader import parse_db_header
 from replication.checksum import database_checksum
 from replication.log import TxidUnavailableError
 from replication.store import Store
-from replication.stream import MessageStream, StreamClosed
+from replication.stream import MessageStream, StreamClosed, open_task_group
 from replication.txn import Transaction, encode_record
 from replication.wire import (
     NONCE_SIZE,
@@ -38,6 +38,7 @@ from replication.wire import (
     Ack,
     Auth,
     Challenge,
+    Forget,
     Heartbeat,
     Hello,
     Message,
@@ -162,6 +163,8 @@ class PrimaryServer:
             mine = proof(self.secret, "primary", self.cluster_id, self.node_id, nonce, hello.nonce)
             await stream.send(Challenge(PROTOCOL_VERSION, self.cluster_id, self.node_id, nonce, mine, self.term))
             auth = await stream.receive()
+            if isinstance(auth, Refused):
+                raise HandshakeRefused(f"the replica refused this primary: {auth.reason}")
             if not isinstance(auth, Auth):
                 raise HandshakeRefused(f"expected auth, got {type(auth).__name__}")
             expected = proof(self.secret, "replica", self.cluster_id, hello.node_id, hello.nonce, nonce)
@@ -207,7 +210,7 @@ class _Session:
     async def run(self, positions: dict[str, tuple[int, int]]) -> None:
         self.store.add_listener(self._listener)
         try:
-            async with trio.open_nursery() as nursery:
+            async with open_task_group() as nursery:
                 nursery.start_soon(self._receive_loop)
                 for db in sorted(set(self.store.databases()) | set(positions)):
                     await self._start_db(db, positions.get(db, (0, 0)))
@@ -331,7 +334,7 @@ class _Session:
 
     async def _send_forget(self, db: str) -> None:
         """Tell the replica that this primary has no database `db`: it discards its copy."""
-        await self.stream.send_many(list(snapshot_messages(db, 0, 4096, 0, 0, [])))
+        await self.stream.send(Forget(db))
         self.sent[db] = (0, 0)
 
     async def _send_snapshot(self, db: str) -> None:

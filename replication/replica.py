@@ -27,8 +27,9 @@ from dataclasses import dataclass
 
 import trio
 
+from replication.log import TxidUnavailableError
 from replication.store import DivergedError, Store
-from replication.stream import MessageStream, StreamClosed, UpgradeError, open_upgraded
+from replication.stream import MessageStream, StreamClosed, UpgradeError, open_task_group, open_upgraded
 from replication.txn import Transaction
 from replication.wire import (
     NONCE_SIZE,
@@ -36,6 +37,7 @@ from replication.wire import (
     Ack,
     Auth,
     Challenge,
+    Forget,
     Heartbeat,
     Hello,
     Message,
@@ -71,10 +73,11 @@ class ReplicationRefused(Exception):
 
 @dataclass(slots=True)
 class _Pending:
-    """A transaction or snapshot received and not yet applied."""
+    """A transaction, a snapshot or a forget received and not yet applied."""
 
-    txn: Transaction
+    txn: Transaction | None
     snapshot: bool
+    forget: str = ""
 
 
 class ReplicaClient:
@@ -160,6 +163,8 @@ class ReplicaClient:
                                 self.primary_url, delay, _reason(exc))
                     if self.connected:
                         delay = DEFAULT_RECONNECT_DELAY
+                except Exception:  # e.g. an apply that failed: logged, retried after reconnecting
+                    log.exception("replication from %s failed; retrying in %.1fs", self.primary_url, delay)
                 finally:
                     self.connected = False
                     self.primary = None
@@ -167,12 +172,34 @@ class ReplicaClient:
             await trio.sleep(delay)
             delay = min(delay * 2, MAX_RECONNECT_DELAY)
 
+    async def _reconcile(self) -> None:
+        """Apply what is logged but not applied (an apply that failed earlier in this process)."""
+        for db, logged in self.store.positions().items():
+            applied = self.applied.get(db)
+            if applied == logged:
+                continue
+            start = applied[0] + 1 if applied is not None else None
+
+            def read(db: str = db, start: int | None = start) -> list[Transaction]:
+                try:
+                    return list(self.store.read(db, start))
+                except TxidUnavailableError:
+                    return list(self.store.read(db))  # a snapshot replaced what came before
+
+            txns = await trio.to_thread.run_sync(read)
+            if txns:
+                await self.apply(db, txns)
+                log.warning("%s: applied TXID %d..%d, logged before an apply failed",
+                            db, txns[0].txid, txns[-1].txid)
+            self.applied[db] = logged
+
     async def _session(self, stream: MessageStream) -> None:
+        await self._reconcile()
         await self._handshake(stream)
         self.connected = True
         log.info("replicating from %s (%s, term %d)", self.primary, self.primary_url, self.term)
         send, receive = trio.open_memory_channel[_Pending](1024)
-        async with trio.open_nursery() as nursery:
+        async with open_task_group() as nursery:
             nursery.start_soon(self._apply_loop, receive, stream)
             await self._receive_loop(stream, send)
 
@@ -186,16 +213,18 @@ class ReplicaClient:
                 raise ReplicationRefused(challenge.reason)
             if not isinstance(challenge, Challenge):
                 raise ProtocolError(f"expected challenge, got {type(challenge).__name__}")
+            reason = None
             if challenge.version != PROTOCOL_VERSION:
-                raise ReplicationRefused(f"the primary speaks protocol version {challenge.version}, "
-                                         f"this replica {PROTOCOL_VERSION}")
-            if cluster_id and challenge.cluster_id != cluster_id:
-                raise ReplicationRefused(f"the primary belongs to cluster {challenge.cluster_id}, "
-                                         f"this node to {cluster_id}")
-            expected = proof(self.secret, "primary", challenge.cluster_id, challenge.node_id,
-                             challenge.nonce, nonce)
-            if not check_proof(expected, challenge.proof):
-                raise ReplicationRefused("the primary could not prove it knows the cluster secret")
+                reason = (f"the primary speaks protocol version {challenge.version}, "
+                          f"this replica {PROTOCOL_VERSION}")
+            elif cluster_id and challenge.cluster_id != cluster_id:
+                reason = f"the primary belongs to cluster {challenge.cluster_id}, this node to {cluster_id}"
+            elif not check_proof(proof(self.secret, "primary", challenge.cluster_id, challenge.node_id,
+                                       challenge.nonce, nonce), challenge.proof):
+                reason = "the primary could not prove it knows the cluster secret"
+            if reason is not None:
+                await stream.send(Refused(f"replica {self.node_id}: {reason}"))
+                raise ReplicationRefused(reason)
             mine = proof(self.secret, "replica", challenge.cluster_id, self.node_id, nonce, challenge.nonce)
             await stream.send(Auth(mine, dict(self.applied)))
             answer = await stream.receive()
@@ -223,6 +252,8 @@ class ReplicaClient:
                 txn = snapshots.feed(msg)
                 if txn is not None:
                     await send.send(_Pending(txn, True))
+            elif isinstance(msg, Forget):
+                await send.send(_Pending(None, False, forget=msg.db))
             elif isinstance(msg, Heartbeat):
                 self.primary_positions = dict(msg.positions)
                 self._note_progress()
@@ -246,6 +277,12 @@ class ReplicaClient:
         changed: set[str] = set()
         group: list[Transaction] = []
         for item in batch:
+            if item.forget:
+                await self._apply_group(group, stream, changed)
+                group = []
+                await self._forget(item.forget)
+                continue
+            assert item.txn is not None
             if item.snapshot:
                 await self._apply_group(group, stream, changed)
                 group = []
@@ -284,15 +321,21 @@ class ReplicaClient:
         changed.add(db)
         self._note_progress()
 
+    async def _forget(self, db: str) -> None:
+        """The primary has no database `db`: remove the copy and its log."""
+        self._diverged.discard(db)
+        last = self.store.last(db)
+        drop = Transaction(db=db, txid=(last.txid + 1) if last else 1, page_size=4096, commit_size=0,
+                           pages={}, timestamp_ns=0, node_id=self.primary or "", pre_checksum=0,
+                           post_checksum=0, dropped=True)
+        await self.apply(db, [drop])
+        await trio.to_thread.run_sync(self.store.forget, db)
+        self.applied.pop(db, None)
+        log.info("%s: the primary has no such database; removed the local copy", db)
+
     async def _apply_snapshot(self, txn: Transaction) -> None:
         db = txn.db
         self._diverged.discard(db)
-        if txn.txid == 0:  # the primary has no such database: discard ours
-            await self.apply(db, [_drop(txn, 1)])
-            await trio.to_thread.run_sync(self.store.forget, db)
-            self.applied.pop(db, None)
-            log.info("%s: the primary has no such database; removed the local copy", db)
-            return
         if txn.commit_size == 0:
             txn = _drop(txn, txn.txid)
         await trio.to_thread.run_sync(self.store.reset, txn)

@@ -9,8 +9,10 @@ answers `101 Switching Protocols` and both sides then speak frames.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import urllib.parse
+from collections.abc import AsyncIterator, Iterator
 
 import h11
 import trio
@@ -24,6 +26,35 @@ UPGRADE_TOKEN = "pylitefs-stream"
 RECEIVE_SIZE = 1 << 18
 #: Largest HTTP response head a replica reads before the upgrade.
 MAX_HTTP_HEAD = 64 * 1024
+
+
+@contextlib.asynccontextmanager
+async def open_task_group() -> AsyncIterator[trio.Nursery]:
+    """A nursery whose failure raises the first real error itself, not an ExceptionGroup.
+
+    Sessions end on the first error of any of their tasks (the others are
+    cancelled); callers then handle `ProtocolError`, `StreamClosed`, ... by
+    type. A group made only of cancellations is re-raised as it is.
+    """
+    try:
+        async with trio.open_nursery() as nursery:
+            yield nursery
+    except BaseExceptionGroup as group:
+        leaves = list(_leaves(group))
+        errors = [e for e in leaves if not isinstance(e, trio.Cancelled)]
+        if not errors:
+            raise
+        for other in errors[1:]:
+            log.debug("also failed: %r", other)
+        raise errors[0] from group
+
+
+def _leaves(group: BaseExceptionGroup) -> Iterator[BaseException]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc
 
 
 class StreamClosed(Exception):
@@ -131,5 +162,6 @@ __all__ = [
     "ProtocolError",
     "StreamClosed",
     "UpgradeError",
+    "open_task_group",
     "open_upgraded",
 ]
