@@ -102,7 +102,8 @@ def test_bad_input_on_the_stream_port_is_refused_and_logged(cluster: Cluster) ->
     raw(primary, encode_message(Hello(PROTOCOL_VERSION + 98, "", "old", secrets.token_bytes(16))))
     bad_secret = cluster.replica("intruder", cluster={"secret": "wrong"})
     other_cluster = cluster.replica("stranger", cluster={"id": "0123456789abcdef"})
-    wait_for(lambda: "authentication failed" in primary.log_text(), 30, "the wrong secret to be refused")
+    wait_for(lambda: "could not prove it knows the cluster secret" in primary.log_text(), 30,
+             "the wrong secret to be refused")
     wait_for(lambda: "belongs to cluster 0123456789abcdef" in primary.log_text(), 30,
              "the other cluster to be refused")
     log_text = primary.log_text()
