@@ -56,6 +56,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_HEARTBEAT_INTERVAL = 1.0
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+#: Largest frame accepted before the replica has authenticated.
+HANDSHAKE_MAX_FRAME = 64 * 1024
 #: Live transactions a session buffers before it falls back to reading the log.
 MAX_BUFFERED_TXNS = 1024
 #: Transactions read from the log per worker-thread call while catching up.
@@ -114,6 +116,8 @@ class PrimaryServer:
         Never raises for anything the peer does: a refused handshake, bad
         frames or a broken connection end the session with a log line.
         """
+        full_size = stream.max_frame_size
+        stream.max_frame_size = min(full_size, HANDSHAKE_MAX_FRAME)
         try:
             node_id, positions = await self._handshake(stream, peer)
         except HandshakeRefused as exc:
@@ -129,6 +133,7 @@ class PrimaryServer:
             log.warning("replica connection from %s failed during the handshake: %s",
                         peer, _reason(exc))
             return
+        stream.max_frame_size = full_size
         if node_id in self.replicas:
             log.warning("replica %s connected again from %s; the previous stream will end", node_id, peer)
         state = ReplicaState(node_id, peer, time.time(), dict(positions))

@@ -79,6 +79,15 @@ class MessageStream:
             self._decoder.feed(leftover)
         self._send_lock = trio.Lock()
 
+    @property
+    def max_frame_size(self) -> int:
+        """The largest frame body accepted from the peer."""
+        return self._decoder.max_frame_size
+
+    @max_frame_size.setter
+    def max_frame_size(self, value: int) -> None:
+        self._decoder.max_frame_size = value
+
     async def send(self, msg: Message) -> None:
         """Send one message (waits while the peer's window is full)."""
         data = encode_message(msg)

@@ -99,6 +99,7 @@ def test_bad_input_on_the_stream_port_is_refused_and_logged(cluster: Cluster) ->
     raw(primary, b"\x00\x00\x00\x10\xc1\xc1garbage-garbage")  # not msgpack
     raw(primary, b"\x00\x00\x10")  # truncated length
     raw(primary, struct.pack(">I", 1 << 31) + b"x" * 100)  # oversized
+    raw(primary, struct.pack(">I", 100_000) + b"x" * 100_000)  # more than a handshake frame may be
     raw(primary, encode_message(Hello(PROTOCOL_VERSION + 98, "", "old", secrets.token_bytes(16))))
     bad_secret = cluster.replica("intruder", cluster={"secret": "wrong"})
     other_cluster = cluster.replica("stranger", cluster={"id": "0123456789abcdef"})
@@ -109,7 +110,10 @@ def test_bad_input_on_the_stream_port_is_refused_and_logged(cluster: Cluster) ->
     log_text = primary.log_text()
     assert "bad HTTP request" in log_text
     assert "protocol version 99 is not supported" in log_text
-    assert "exceeds" in log_text or "too large" in log_text
+    assert "frame of 2147483648 bytes announced, more than the limit" in log_text
+    assert "frame of 100000 bytes announced" in log_text
+    assert "connection closed in the middle of a frame" in log_text
+    assert "not valid msgpack" in log_text
     assert "refused replication" in bad_secret.log_text()
     assert not (bad_secret.mountpoint / "x.db").exists()
     assert not (other_cluster.mountpoint / "x.db").exists()
