@@ -166,7 +166,7 @@ class Config:
 def parse_addr(addr: str) -> tuple[str, int]:
     """(host, port) of a listen address `host:port` or `:port`; ValueError if malformed."""
     host, sep, port = addr.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:  # 0: any free port
         raise ValueError(f"not a listen address: {addr!r} (examples: :20202, 127.0.0.1:20202)")
     return host.strip("[]"), int(port)
 

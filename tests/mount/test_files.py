@@ -38,14 +38,14 @@ def test_create_read_write_delete_rename(mounted: MountProcess) -> None:
     mnt = mounted.mountpoint
     make_db(mnt / "a.db", rows=50)
     assert count(mnt / "a.db") == 50
-    assert sorted(os.listdir(mnt)) == ["a.db", "a.db-pos"]
+    assert sorted(os.listdir(mnt)) == [".lag", "a.db", "a.db-pos"]
     os.rename(mnt / "a.db", mnt / "b.db")
-    assert sorted(os.listdir(mnt)) == ["b.db", "b.db-pos"]
+    assert sorted(os.listdir(mnt)) == [".lag", "b.db", "b.db-pos"]
     assert count(mnt / "b.db") == 50
     assert integrity(mnt / "b.db") == "ok"
     assert (mounted.data_dir / "b.db").exists() and not (mounted.data_dir / "a.db").exists()
     os.unlink(mnt / "b.db")
-    assert os.listdir(mnt) == []
+    assert os.listdir(mnt) == [".lag"]
     assert not (mounted.data_dir / "b.db").exists()
 
 
