@@ -6,10 +6,12 @@ applies what arrives, in order per database:
 
 1. the transaction is checked against this copy's history and logged
    (`Store.append`: TXID follows, pre-checksum is ours, the post-checksum
-   computed from its pages is the primary's), and the log is fsynced;
+   computed from its pages is the primary's);
 2. the pages are written into the database (the `apply` callback: through
-   the mount, under SQLite's locks);
-3. the applied position is published (`-pos`, `.lag`) and acknowledged.
+   the mount, under SQLite's locks) and the applied position is published
+   (`-pos`, `.lag`);
+3. the log is fsynced off that path, and then the position is acknowledged:
+   an Ack means the transaction is durable on the replica.
 
 Transactions that arrive together are logged and applied as one batch. A
 transaction that does not continue this copy's history stops that database
@@ -113,6 +115,8 @@ class ReplicaClient:
         self.applied: dict[str, tuple[int, int]] = store.positions()
         self._caught_up_at = time.monotonic()
         self._diverged: set[str] = set()
+        self._unsynced: set[str] = set()
+        self._sync_wanted = trio.Event()
 
     # ---------------------------------------------------------------- status
 
@@ -201,6 +205,7 @@ class ReplicaClient:
         send, receive = trio.open_memory_channel[_Pending](1024)
         async with open_task_group() as nursery:
             nursery.start_soon(self._apply_loop, receive, stream)
+            nursery.start_soon(self._sync_loop, stream)
             await self._receive_loop(stream, send)
 
     async def _handshake(self, stream: MessageStream) -> None:
@@ -270,7 +275,28 @@ class ReplicaClient:
                     break
             changed = await self._apply_batch(batch, stream)
             if changed:
-                await stream.send(Ack({db: self.applied[db] for db in changed if db in self.applied}))
+                self._unsynced |= changed
+                self._sync_wanted.set()
+
+    async def _sync_loop(self, stream: MessageStream) -> None:
+        """fsync the logs of what was applied, then acknowledge it: an Ack means durable here.
+
+        Off the apply path, so that the disk flush does not delay visibility;
+        while one flush runs, the next applies gather into the next one.
+        """
+        while True:
+            await self._sync_wanted.wait()
+            self._sync_wanted = trio.Event()
+            dbs, self._unsynced = self._unsynced, set()
+            positions = {db: self.applied[db] for db in dbs if db in self.applied}
+
+            def sync() -> None:
+                for db in positions:
+                    self.store.sync(db)
+
+            await trio.to_thread.run_sync(sync)
+            if positions:
+                await stream.send(Ack(positions))
 
     async def _apply_batch(self, batch: list[_Pending], stream: MessageStream) -> set[str]:
         """Log and apply `batch` in order, grouping consecutive transactions of one database."""
@@ -314,7 +340,8 @@ class ReplicaClient:
             logged.append(txn)
         if not logged:
             return
-        await trio.to_thread.run_sync(self.store.sync, db)
+        # Logged (not yet fsynced: _sync_loop does that) before the pages are
+        # written, so that after a crash the last transaction can be redone.
         await self.apply(db, logged)
         last = logged[-1]
         self.applied[db] = (last.txid, last.post_checksum)
