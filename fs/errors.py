@@ -37,3 +37,19 @@ class Unsupported(FsError):
     """An operation the mount does not implement (e.g. RENAME_EXCHANGE)."""
 
     errno = errno.EINVAL
+
+
+class ReadOnlyReplica(FsError):
+    """An application tried to create, open for writing, or remove a file on a replica.
+
+    EACCES: SQLite reports a journal or WAL it cannot create as "attempt to
+    write a readonly database", and opens an existing WAL read-only instead.
+    """
+
+    errno = errno.EACCES
+
+
+class ReadOnlyDatabase(FsError):
+    """An application tried to write or truncate a database file on a replica."""
+
+    errno = errno.EROFS

@@ -25,6 +25,7 @@ class Kind(enum.Enum):
     WAL = "wal"
     SHM = "shm"
     POSITION = "position"
+    STATUS = "status"  # `.primary` and `.lag`: served by the daemon, never classified from a name
 
 
 COMPANION_SUFFIXES: dict[str, Kind] = {

@@ -5,6 +5,18 @@ domain errors (`fs.errors.FsError`) and `OSError` become `FUSEError` with their
 errno; anything else is logged once with its traceback and becomes `EIO`, so
 no exception can reach pyfuse3's main loop.
 
+Replica policy (DESIGN §5): while `access.primary` is False, application
+requests follow `fs.access.replica_refusal` (databases are opened read-write
+but never written; journals and WALs are never created, opened for writing
+or removed; `-shm` is free). Requests from the daemon's own registered
+threads (`Access.thread()`, how `fs.apply` writes transactions through the
+mount) are always passed through, never captured. Whether a write is allowed
+is decided at each request, so a failover takes effect on open files at once.
+
+Virtual files: `<db>-pos` (the database's position), and at the root, when a
+`ClusterStatus` is given, `.lag` (milliseconds) and, on a replica,
+`.primary` (the primary's hostname). All are read-only and direct_io.
+
 Cache policy (measured, DESIGN.md §9): files are opened with `keep_cache`,
 entries and attributes (also negative lookups) are cached for `CACHE_TIMEOUT`,
 and the mtime the kernel sees never moves for writes made through the mount,
@@ -27,6 +39,7 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 import trio
 
+from fs.access import Access, ClusterStatus, Op, replica_refusal
 from fs.capture import Capture, CommitSink
 from fs.errors import FsError, InvalidContent, NotFound, NotPermitted, Unsupported
 from fs.inodes import ROOT_INODE, Inode, InodeTable
@@ -37,11 +50,15 @@ log = logging.getLogger(__name__)
 #: Seconds the kernel may cache entries and attributes, negative lookups too.
 #: Only the daemon changes files, and it invalidates what it changes itself.
 CACHE_TIMEOUT = 3600.0
-#: `-pos` entries come and go with their database: cache them briefly.
+#: `-pos`, `.primary` and `.lag` entries come and go: cache them briefly.
 POSITION_TIMEOUT = 1.0
-#: File handles of `-pos` files start here, far above any descriptor number.
+#: File handles of virtual files start here, far above any descriptor number.
 _FIRST_VIRTUAL_FH = 1 << 32
 POSITION_SIZE = 34  # 16 hex digits, '/', 16 hex digits, newline (LiteFS's format)
+#: Root files served by the daemon from its `ClusterStatus` (LiteFS's names).
+PRIMARY_FILE = ".primary"
+LAG_FILE = ".lag"
+STATUS_FILES = (PRIMARY_FILE, LAG_FILE)
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
@@ -77,10 +94,15 @@ def fuse_handler(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
 
 @dataclass(slots=True, eq=False)
 class Handle:
-    """One FUSE open: its own data-dir descriptor (also used as the fh)."""
+    """One FUSE open: its own data-dir descriptor (also used as the fh).
+
+    `privileged`: opened by one of the daemon's own threads (`Access.thread()`);
+    such a handle may always write, and its writes are never captured.
+    """
 
     fd: int
     inode: Inode
+    privileged: bool = False
 
 
 class Operations(pyfuse3.Operations):
@@ -89,8 +111,20 @@ class Operations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False  # commit capture must see every write
 
-    def __init__(self, data_dir: str, sink: CommitSink | None = None) -> None:
-        """Serve `data_dir`; with a `sink`, capture every committed transaction into it."""
+    def __init__(
+        self,
+        data_dir: str,
+        sink: CommitSink | None = None,
+        access: Access | None = None,
+        status: ClusterStatus | None = None,
+    ) -> None:
+        """Serve `data_dir`.
+
+        With a `sink`, every transaction committed through the mount while
+        `access.primary` is captured into it, and `<db>-pos` files show
+        `sink.position(db)`. Without `access`, the mount is a primary. With a
+        `status`, the root holds `.lag` and (on a replica) `.primary`.
+        """
         super().__init__()
         self.data_dir = data_dir
         self._dir_fd = os.open(data_dir, os.O_RDONLY | os.O_DIRECTORY)
@@ -99,7 +133,9 @@ class Operations(pyfuse3.Operations):
         self._root_mtime_ns = os.stat(self._dir_fd).st_mtime_ns
         self._sink = sink
         self._capture = Capture(sink, self._dir_fd) if sink is not None else None
-        self._positions: dict[int, str] = {}  # fh of an open -pos file -> database
+        self._access = access if access is not None else Access(primary=True)
+        self._status = status
+        self._virtual: dict[int, Callable[[], bytes]] = {}  # fh of an open virtual file -> content
         self._next_virtual_fh = _FIRST_VIRTUAL_FH
 
     def close(self) -> None:
@@ -108,6 +144,25 @@ class Operations(pyfuse3.Operations):
             os.close(handle.fd)
         self._handles.clear()
         os.close(self._dir_fd)
+
+    # ------------------------------------------------------- replica policy
+
+    def _privileged(self, ctx: pyfuse3.RequestContext | None) -> bool:
+        return ctx is not None and self._access.privileged(ctx.pid)
+
+    def _check(self, op: Op, kind: Kind, privileged: bool) -> None:
+        """Raise the replica's refusal of `op` on a `kind` file, unless it is allowed."""
+        if privileged or self._access.primary:
+            return
+        refusal = replica_refusal(op, kind)
+        if refusal is not None:
+            raise refusal
+
+    def _capture_for(self, privileged: bool) -> Capture | None:
+        """Capture, for a request made by an application on the primary; else None."""
+        if privileged or not self._access.primary:
+            return None
+        return self._capture
 
     # ----------------------------------------------------------- attributes
 
@@ -119,7 +174,10 @@ class Operations(pyfuse3.Operations):
 
     def _inode_attrs(self, inode: Inode) -> pyfuse3.EntryAttributes:
         if inode.kind is Kind.POSITION:
-            return self._position_attrs(inode)
+            return self._virtual_attrs(inode, POSITION_SIZE)
+        if inode.kind is Kind.STATUS:
+            assert inode.name is not None
+            return self._virtual_attrs(inode, len(self._status_text(inode.name.name)))
         if inode.name is not None:
             st = os.stat(inode.name.name, dir_fd=self._dir_fd, follow_symlinks=False)
         elif inode.fds:
@@ -130,6 +188,8 @@ class Operations(pyfuse3.Operations):
 
     def _bind(self, name: str) -> tuple[Inode, pyfuse3.EntryAttributes]:
         """Bind `name` (existing in the data dir) to an inode and count the lookup."""
+        if name in STATUS_FILES:
+            return self._bind_status(name)
         fname = classify(name)
         if fname.kind is Kind.POSITION:
             return self._bind_position(fname)
@@ -165,28 +225,54 @@ class Operations(pyfuse3.Operations):
             raise NotFound(f"no database {fname.database!r}") from None
         inode = self._inodes.bind(fname, self._root_mtime_ns)
         inode.lookups += 1
-        return inode, self._position_attrs(inode)
+        return inode, self._virtual_attrs(inode, POSITION_SIZE)
+
+    def _bind_status(self, name: str) -> tuple[Inode, pyfuse3.EntryAttributes]:
+        size = len(self._status_text(name))  # raises NotFound when it does not exist now
+        inode = self._inodes.bind(FileName(name, Kind.STATUS, ""), self._root_mtime_ns)
+        inode.lookups += 1
+        return inode, self._virtual_attrs(inode, size)
+
+    def _status_text(self, name: str) -> bytes:
+        """The content of `.primary` or `.lag`; NotFound when the file does not exist now."""
+        status = self._status
+        if status is not None:
+            if name == LAG_FILE:
+                return f"{status.lag_ms()}\n".encode()
+            if name == PRIMARY_FILE:
+                host = status.primary_hostname()
+                if host is not None:
+                    return f"{host}\n".encode()
+        raise NotFound(f"no {name} on this node")
 
     @staticmethod
-    def _position_attrs(inode: Inode) -> pyfuse3.EntryAttributes:
+    def _virtual_attrs(inode: Inode, size: int) -> pyfuse3.EntryAttributes:
         attrs = _negative_entry()
         attrs.st_ino = inode.ino
         attrs.entry_timeout = POSITION_TIMEOUT
         attrs.attr_timeout = POSITION_TIMEOUT
         attrs.st_mode = stat.S_IFREG | 0o444
         attrs.st_nlink = 1
-        attrs.st_size = POSITION_SIZE
+        attrs.st_size = size
         attrs.st_blksize = 4096
         attrs.st_atime_ns = attrs.st_mtime_ns = attrs.st_ctime_ns = inode.mtime_ns
         return attrs
 
-    def _open_position(self, fname: FileName, flags: int) -> pyfuse3.FileInfo:
-        if flags & os.O_ACCMODE != os.O_RDONLY:
+    def _open_virtual(self, fname: FileName, flags: int) -> pyfuse3.FileInfo:
+        if flags & (os.O_ACCMODE | os.O_TRUNC) != os.O_RDONLY:
             raise pyfuse3.FUSEError(errno.EACCES)
+        content: Callable[[], bytes]
+        if fname.kind is Kind.POSITION:
+            db = fname.database
+            content = lambda: self._position_text(db)  # noqa: E731
+        else:
+            name = fname.name
+            self._status_text(name)  # NotFound if it went away since the lookup
+            content = lambda: self._status_text(name)  # noqa: E731
         fh = self._next_virtual_fh
         self._next_virtual_fh += 1
-        self._positions[fh] = fname.database
-        # direct_io: the content changes with every commit while the size does not.
+        self._virtual[fh] = content
+        # direct_io: the content changes while the kernel's idea of the size does not.
         return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
 
     def _position_text(self, db: str) -> bytes:
@@ -205,6 +291,8 @@ class Operations(pyfuse3.Operations):
         text = os.fsdecode(name)
         if text in (".", ".."):
             return self._root_attrs()
+        if text in STATUS_FILES:
+            return self._bind(text)[1]  # NotFound is not cached: it may appear at any moment
         if not is_valid(text):
             return _negative_entry()
         try:
@@ -251,15 +339,23 @@ class Operations(pyfuse3.Operations):
         else:
             raise NotFound(f"inode {inode} was deleted")
         at = {} if isinstance(target, int) else {"dir_fd": self._dir_fd}
-        if node.kind is Kind.POSITION:
-            raise NotPermitted("position files are read-only")
+        if node.kind in (Kind.POSITION, Kind.STATUS):
+            raise NotPermitted("files served by pylitefs are read-only")
+        handle = self._handles.get(fh) if fh is not None else None
+        privileged = (handle is not None and handle.privileged) or self._privileged(ctx)
+        if fields.update_size:
+            self._check(Op.TRUNCATE, node.kind, privileged)
+        if fields.update_mode or fields.update_uid or fields.update_gid or fields.update_atime \
+                or fields.update_mtime:
+            self._check(Op.CHANGE, node.kind, privileged)
+        capture = self._capture_for(privileged)
         if fields.update_size:
             if isinstance(target, int):
-                self._truncate(node, target, attr.st_size)
+                self._truncate(node, target, attr.st_size, capture)
             else:
                 fd = os.open(target, os.O_WRONLY, dir_fd=self._dir_fd)
                 try:
-                    self._truncate(node, fd, attr.st_size)
+                    self._truncate(node, fd, attr.st_size, capture)
                 finally:
                     os.close(fd)
         if fields.update_mode:
@@ -280,9 +376,9 @@ class Operations(pyfuse3.Operations):
                 node.mtime_ns = mtime
         return self._inode_attrs(node)
 
-    def _truncate(self, node: Inode, fd: int, size: int) -> None:
-        """Truncate the file open as `fd` to `size`, telling capture around it."""
-        capture = self._capture
+    @staticmethod
+    def _truncate(node: Inode, fd: int, size: int, capture: Capture | None) -> None:
+        """Truncate the file open as `fd` to `size`, telling `capture` (if any) around it."""
         db = node.name.database if capture is not None and node.name is not None else None
         if capture is None or db is None:
             os.ftruncate(fd, size)
@@ -321,7 +417,9 @@ class Operations(pyfuse3.Operations):
         fname = classify(os.fsdecode(name))
         if fname.kind is Kind.POSITION:
             raise NotPermitted("position files cannot be deleted")
-        capture = self._capture
+        privileged = self._privileged(ctx)
+        self._check(Op.REMOVE, fname.kind, privileged)
+        capture = self._capture_for(privileged)
         if capture is not None and fname.kind is Kind.JOURNAL:
             capture.journal_unlink(fname.database)
         os.unlink(fname.name, dir_fd=self._dir_fd)
@@ -349,6 +447,9 @@ class Operations(pyfuse3.Operations):
             raise NotPermitted(f"cannot rename a {old.kind.value} file to a {new.kind.value} name")
         if old.kind is Kind.POSITION:
             raise NotPermitted("position files cannot be renamed")
+        privileged = self._privileged(ctx)
+        self._check(Op.REMOVE, old.kind, privileged)
+        capture = self._capture_for(privileged)
         if flags & pyfuse3.RENAME_EXCHANGE:
             raise Unsupported("RENAME_EXCHANGE is not supported")
         if flags & pyfuse3.RENAME_NOREPLACE:
@@ -360,24 +461,29 @@ class Operations(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(errno.EEXIST)
         os.rename(old.name, new.name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
         self._inodes.rename(old.name, new)
-        if self._capture is not None and old.kind is Kind.DATABASE:
-            self._capture.database_renamed(old.name, new.name)
+        if capture is not None and old.kind is Kind.DATABASE:
+            capture.database_renamed(old.name, new.name)
 
     @fuse_handler
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         node = self._inode(inode)
         if node.name is None:
             raise NotFound(f"inode {inode} was deleted")
-        if node.kind is Kind.POSITION:
-            return self._open_position(node.name, flags)
+        if node.kind in (Kind.POSITION, Kind.STATUS):
+            return self._open_virtual(node.name, flags)
+        privileged = self._privileged(ctx)
+        if flags & os.O_ACCMODE != os.O_RDONLY:
+            self._check(Op.OPEN_WRITE, node.kind, privileged)
+        if flags & os.O_TRUNC:
+            self._check(Op.TRUNCATE, node.kind, privileged)
         fd = os.open(node.name.name, flags & ~_STRIP_OPEN_FLAGS, dir_fd=self._dir_fd)
         if flags & os.O_TRUNC:  # libfuse asks for atomic O_TRUNC: it arrives here
             try:
-                self._truncate(node, fd, 0)
+                self._truncate(node, fd, 0, self._capture_for(privileged))
             except BaseException:
                 os.close(fd)
                 raise
-        return self._new_handle(fd, node)
+        return self._new_handle(fd, node, privileged)
 
     @fuse_handler
     async def create(
@@ -389,6 +495,8 @@ class Operations(pyfuse3.Operations):
             raise NotPermitted("position files are served by pylitefs and cannot be created")
         if not stat.S_ISREG(mode):
             raise NotPermitted("the mount holds only regular files")
+        privileged = self._privileged(ctx)
+        self._check(Op.CREATE, fname.kind, privileged)
         open_flags = (flags & ~_STRIP_OPEN_FLAGS) | os.O_CREAT | (flags & os.O_EXCL)
         fd = os.open(fname.name, open_flags, stat.S_IMODE(mode), dir_fd=self._dir_fd)
         try:
@@ -398,10 +506,10 @@ class Operations(pyfuse3.Operations):
         except BaseException:
             os.close(fd)
             raise
-        return self._new_handle(fd, inode), attrs
+        return self._new_handle(fd, inode, privileged), attrs
 
-    def _new_handle(self, fd: int, inode: Inode) -> pyfuse3.FileInfo:
-        self._handles[fd] = Handle(fd, inode)
+    def _new_handle(self, fd: int, inode: Inode, privileged: bool) -> pyfuse3.FileInfo:
+        self._handles[fd] = Handle(fd, inode, privileged)
         inode.fds.add(fd)
         # Never direct_io: SQLite mmaps `-shm` with MAP_SHARED (DESIGN.md §9).
         return pyfuse3.FileInfo(fh=fd, keep_cache=True, direct_io=False)
@@ -409,16 +517,18 @@ class Operations(pyfuse3.Operations):
     @fuse_handler
     async def read(self, fh: int, off: int, size: int) -> bytes:
         if fh >= _FIRST_VIRTUAL_FH:
-            return self._position_text(self._positions[fh])[off : off + size]
+            return self._virtual[fh]()[off : off + size]
         return os.pread(fh, size, off)
 
     @fuse_handler
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        inode = self._handles[fh].inode
+        handle = self._handles[fh]
+        inode = handle.inode
         kind = inode.kind
+        self._check(Op.WRITE, kind, handle.privileged)
         if off < len(SQLITE_MAGIC) and kind is Kind.DATABASE:
             _check_database_header(off, buf)
-        capture = self._capture
+        capture = self._capture_for(handle.privileged)
         if capture is None or inode.name is None:
             return os.pwrite(fh, buf, off)
         db = inode.name.database
@@ -433,7 +543,7 @@ class Operations(pyfuse3.Operations):
     @fuse_handler
     async def release(self, fh: int) -> None:
         if fh >= _FIRST_VIRTUAL_FH:
-            del self._positions[fh]
+            del self._virtual[fh]
             return
         handle = self._handles.pop(fh)
         os.close(fh)
@@ -443,8 +553,9 @@ class Operations(pyfuse3.Operations):
     async def fsync(self, fh: int, datasync: bool) -> None:
         if fh >= _FIRST_VIRTUAL_FH:
             return
-        inode = self._handles[fh].inode
-        capture = self._capture
+        handle = self._handles[fh]
+        inode = handle.inode
+        capture = self._capture_for(handle.privileged)
         db = inode.name.database if capture is not None and inode.name is not None else None
 
         def flush() -> None:
@@ -467,6 +578,8 @@ class Operations(pyfuse3.Operations):
         names = [n for n in os.listdir(self._dir_fd) if is_valid(n)]
         if self._sink is not None:
             names += [f"{n}-pos" for n in names if classify(n).kind is Kind.DATABASE]
+        if self._status is not None:
+            names += [LAG_FILE] + ([PRIMARY_FILE] if self._status.primary_hostname() is not None else [])
         names.sort()
         for index in range(start_id, len(names)):
             try:
@@ -483,7 +596,7 @@ class Operations(pyfuse3.Operations):
 
     @fuse_handler
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
-        capture = self._capture
+        capture = self._capture if self._access.primary else None
 
         def flush() -> None:
             if capture is not None:

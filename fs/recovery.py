@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from fs.formats import FormatError
 from fs.formats.dbheader import parse_db_header
 from fs.formats.image import apply_pages
-from fs.formats.journal import JournalState, classify_journal, parse_journal
+from fs.formats.journal import Journal, JournalState, classify_journal, parse_journal
 from fs.formats.wal import WalCommit, WalTracker
 from fs.names import Kind, classify, is_valid
 
@@ -70,6 +70,20 @@ def read_file(dir_fd: int, name: str) -> bytes | None:
         os.close(fd)
 
 
+def hot_journal(dir_fd: int, db: str) -> Journal | None:
+    """`db`'s `-journal` if it is hot (SQLite would roll the database back from it), else None."""
+    journal_name = f"{db}-journal"
+    data = read_file(dir_fd, journal_name)
+    if data is None or classify_journal(data) is not JournalState.HOT:
+        return None
+    try:
+        return parse_journal(data)
+    except FormatError as exc:
+        log.warning("%s: journal has a hot header but cannot be parsed (%s); leaving it to SQLite",
+                    journal_name, exc)
+        return None
+
+
 def roll_back_hot_journal(dir_fd: int, db: str) -> bool:
     """Play a hot `-journal` back into `db` and delete it; True if it was hot.
 
@@ -79,14 +93,8 @@ def roll_back_hot_journal(dir_fd: int, db: str) -> bool:
     (and the directory fsynced).
     """
     journal_name = f"{db}-journal"
-    data = read_file(dir_fd, journal_name)
-    if data is None or classify_journal(data) is not JournalState.HOT:
-        return False
-    try:
-        journal = parse_journal(data)
-    except FormatError as exc:
-        log.warning("%s: journal has a hot header but cannot be parsed (%s); leaving it to SQLite",
-                    journal_name, exc)
+    journal = hot_journal(dir_fd, db)
+    if journal is None:
         return False
     fd = os.open(db, os.O_RDWR, dir_fd=dir_fd)
     try:
@@ -108,8 +116,32 @@ def roll_back_hot_journal(dir_fd: int, db: str) -> bool:
 def recover(dir_fd: int, db: str) -> RecoveredDatabase:
     """Roll back `db`'s hot journal, then return its committed content."""
     roll_back_hot_journal(dir_fd, db)
+    return committed_content(dir_fd, db)
+
+
+def committed_content(dir_fd: int, db: str, *, undo_hot_journal: bool = False) -> RecoveredDatabase:
+    """`db`'s committed content as the files hold it now, without changing any file.
+
+    The database file with the committed frames of its WAL applied. With
+    `undo_hot_journal`, a hot journal's original pages are first played back
+    into the in-memory image (never into the file), as SQLite's rollback
+    would: the committed content while the caller holds a SHARED lock, when a
+    hot journal is either a dead writer's (the file holds uncommitted pages)
+    or a live writer's that cannot have written the database yet (a no-op).
+    """
     database_file = read_file(dir_fd, db) or b""
     image = bytearray(database_file)
+    if undo_hot_journal:
+        journal = hot_journal(dir_fd, db)
+        if journal is not None:
+            page_size = journal.page_size
+            pages = journal.original_pages()
+            end = max([journal.initial_page_count, *pages]) * page_size
+            if len(image) < end:
+                image.extend(bytes(end - len(image)))
+            for pgno, page in pages.items():
+                image[(pgno - 1) * page_size : pgno * page_size] = page
+            del image[journal.initial_page_count * page_size :]
     page_size = parse_db_header(image).page_size if len(image) >= 100 else 0
     commits: tuple[WalCommit, ...] = ()
     wal = read_file(dir_fd, f"{db}-wal")

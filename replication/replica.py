@@ -312,8 +312,8 @@ class ReplicaClient:
             if item.snapshot:
                 await self._apply_group(group, stream, changed)
                 group = []
-                await self._apply_snapshot(item.txn)
-                changed.add(item.txn.db)
+                if await self._apply_snapshot(item.txn, stream):
+                    changed.add(item.txn.db)
             else:
                 if group and group[0].db != item.txn.db:
                     await self._apply_group(group, stream, changed)
@@ -360,16 +360,24 @@ class ReplicaClient:
         self.applied.pop(db, None)
         log.info("%s: the primary has no such database; removed the local copy", db)
 
-    async def _apply_snapshot(self, txn: Transaction) -> None:
+    async def _apply_snapshot(self, txn: Transaction, stream: MessageStream) -> bool:
+        """Replace the copy of `txn.db` with the snapshot `txn`; False if its checksum is wrong."""
         db = txn.db
         self._diverged.discard(db)
         if txn.commit_size == 0:
             txn = _drop(txn, txn.txid)
-        await trio.to_thread.run_sync(self.store.reset, txn)
+        try:
+            await trio.to_thread.run_sync(self.store.reset, txn)
+        except DivergedError as exc:
+            log.error("%s: the primary's snapshot does not match its checksum (%s); asking again", db, exc)
+            self._diverged.add(db)
+            await stream.send(Resync(db))
+            return False
         await self.apply(db, [txn])
         self.applied[db] = (txn.txid, txn.post_checksum)
         log.info("%s: replaced the local copy with the primary's snapshot at TXID %d (%d pages)",
                  db, txn.txid, len(txn.pages))
+        return True
 
 
 def _drop(txn: Transaction, txid: int) -> Transaction:

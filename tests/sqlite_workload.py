@@ -1,8 +1,8 @@
 """SQLite worker processes for the multi-process tests (run as a script).
 
-    python sqlite_workload.py setup  DB MODE
+    python sqlite_workload.py setup  DB MODE [--seq]
     python sqlite_workload.py writer DB MODE --txns N --seed S [--mmap]
-    python sqlite_workload.py reader DB MODE --stop-file F [--mmap]
+    python sqlite_workload.py reader DB MODE --stop-file F [--mmap] [--announce]
     python sqlite_workload.py appender DB MODE --seed W
 
 An appender inserts rows (writer W, seq 1, 2, ...) with `synchronous=FULL`
@@ -13,7 +13,11 @@ Schema: `items(id, writer, v, payload)` and one `counter(n, total)` row. Every
 write transaction inserts (or sometimes deletes) one item and updates the
 counter in the same transaction, so inside any read transaction
 `count(items) == counter.n` and `sum(v) == counter.total`. A reader that sees
-otherwise prints the violation and exits 3. Each worker prints one JSON line
+otherwise prints the violation and exits 3. With `setup --seq` the database
+also holds a `seq(k)` row that every write transaction increments: a reader
+then also checks that k never decreases (it never sees an older state than
+one it saw) and reports the last k it saw; with `--announce` it prints
+`{"reading": true}` after its first check. Each worker prints one JSON line
 with what it did; a writer prints `{"committed": k}` after every commit so a
 test that kills it knows what SQLite acknowledged.
 
@@ -61,8 +65,8 @@ def connect(db: str, mode: str, mmap: bool) -> sqlite3.Connection:
     return conn
 
 
-def setup(db: str, mode: str) -> None:
-    """Create the schema in `mode`."""
+def setup(db: str, mode: str, seq: bool = False) -> None:
+    """Create the schema in `mode` (with the `seq` table if asked)."""
     conn = sqlite3.connect(db, isolation_level=None)
     journal = "wal" if mode.startswith("wal") else mode
     got = conn.execute(f"PRAGMA journal_mode={journal}").fetchone()[0]
@@ -75,7 +79,19 @@ def setup(db: str, mode: str) -> None:
         INSERT INTO counter SELECT 0, 0 WHERE NOT EXISTS (SELECT 1 FROM counter);
         """
     )
+    if seq:
+        conn.executescript(
+            """
+            CREATE TABLE IF NOT EXISTS seq(k INT);
+            INSERT INTO seq SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM seq);
+            """
+        )
     conn.close()
+
+
+def has_seq(conn: sqlite3.Connection) -> bool:
+    """True when the database has the `seq` table (created by `setup --seq`)."""
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='seq'").fetchone() is not None
 
 
 def is_busy(exc: sqlite3.OperationalError) -> bool:
@@ -84,10 +100,12 @@ def is_busy(exc: sqlite3.OperationalError) -> bool:
     return "locked" in text or "busy" in text
 
 
-def write_one(conn: sqlite3.Connection, rng: random.Random, writer: int) -> tuple[int, int]:
-    """One write transaction; returns (inserted, deleted)."""
+def write_one(conn: sqlite3.Connection, rng: random.Random, writer: int, seq: bool = False) -> tuple[int, int]:
+    """One write transaction (also incrementing `seq` if asked); returns (inserted, deleted)."""
     conn.execute("BEGIN IMMEDIATE")
     try:
+        if seq:
+            conn.execute("UPDATE seq SET k=k+1")
         if rng.random() < 0.15:
             row = conn.execute("SELECT id, v FROM items ORDER BY random() LIMIT 1").fetchone()
             if row is not None:
@@ -111,12 +129,14 @@ def writer(db: str, mode: str, txns: int, seed: int, mmap: bool) -> None:
     """Run `txns` write transactions, retrying busy ones."""
     rng = random.Random(seed)
     inserted = deleted = retries = done = 0
+    seq = False
     conn: sqlite3.Connection | None = None
     while done < txns:
         try:
             if conn is None:
                 conn = connect(db, mode, mmap)
-            ins, dele = write_one(conn, rng, seed)
+                seq = has_seq(conn)
+            ins, dele = write_one(conn, rng, seed, seq)
             inserted += ins
             deleted += dele
             done += 1
@@ -138,23 +158,34 @@ def writer(db: str, mode: str, txns: int, seed: int, mmap: bool) -> None:
     print(json.dumps({"role": "writer", "inserted": inserted, "deleted": deleted, "retries": retries}))
 
 
-def reader(db: str, mode: str, stop_file: str, mmap: bool) -> None:
+def reader(db: str, mode: str, stop_file: str, mmap: bool, announce: bool = False) -> None:
     """Check the invariant in read transactions until `stop_file` exists."""
     checks = retries = 0
+    last_seq: int | None = None
+    seq = False
     conn: sqlite3.Connection | None = None
     while True:
         stopping = os.path.exists(stop_file)
         try:
             if conn is None:
                 conn = connect(db, mode, mmap)
+                seq = has_seq(conn)
             conn.execute("BEGIN")
             count, vsum = conn.execute("SELECT count(*), coalesce(sum(v), 0) FROM items").fetchone()
             n, total = conn.execute("SELECT n, total FROM counter").fetchone()
+            k = conn.execute("SELECT k FROM seq").fetchone()[0] if seq else None
             conn.execute("COMMIT")
             if (count, vsum) != (n, total):
                 print(json.dumps({"violation": {"count": count, "sum": vsum, "n": n, "total": total}}),
                       flush=True)
                 sys.exit(3)
+            if k is not None:
+                if last_seq is not None and k < last_seq:
+                    print(json.dumps({"violation": {"seq": k, "seen_before": last_seq}}), flush=True)
+                    sys.exit(3)
+                last_seq = k
+            if announce and checks == 0:
+                print(json.dumps({"reading": True}), flush=True)
             checks += 1
             if mode == "wal-exclusive" and checks % EXCLUSIVE_BATCH == 0:
                 conn.close()
@@ -173,7 +204,10 @@ def reader(db: str, mode: str, stop_file: str, mmap: bool) -> None:
             time.sleep(random.random() * EXCLUSIVE_BACKOFF_S)
         if stopping:
             break
-    print(json.dumps({"role": "reader", "checks": checks, "retries": retries}))
+    report: dict[str, object] = {"role": "reader", "checks": checks, "retries": retries}
+    if last_seq is not None:
+        report["seq"] = last_seq
+    print(json.dumps(report))
 
 
 def run_workload(db: Path, mode: str, stop_file: Path, *, txns: int, writers: int = 4, readers: int = 2,
@@ -249,15 +283,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--stop-file")
     parser.add_argument("--mmap", action="store_true")
+    parser.add_argument("--seq", action="store_true")
+    parser.add_argument("--announce", action="store_true")
     args = parser.parse_args(argv)
     if args.role == "setup":
-        setup(args.db, args.mode)
+        setup(args.db, args.mode, args.seq)
     elif args.role == "appender":
         appender(args.db, args.mode, args.seed)
     elif args.role == "writer":
         writer(args.db, args.mode, args.txns, args.seed, args.mmap)
     else:
-        reader(args.db, args.mode, args.stop_file, args.mmap)
+        reader(args.db, args.mode, args.stop_file, args.mmap, args.announce)
 
 
 if __name__ == "__main__":

@@ -192,7 +192,8 @@ def parse_shm_header(data: bytes | bytearray | memoryview) -> WalIndexHeader:
 
     Raises FormatError unless both copies are present and byte-identical,
     isInit is set, the checksum matches, the version is 3007000 and the page
-    size is valid — the cases in which SQLite would not trust the header.
+    size is valid (or 0 with mxFrame 0: a recovered empty WAL) — the cases in
+    which SQLite would not trust the header.
     """
     if len(data) < 2 * INDEX_HEADER_SIZE:
         raise FormatError(f"wal-index needs {2 * INDEX_HEADER_SIZE} bytes, got {len(data)}")
@@ -206,7 +207,10 @@ def parse_shm_header(data: bytes | bytearray | memoryview) -> WalIndexHeader:
         raise FormatError("wal-index header checksum mismatch")
     if hdr.version != WAL_VERSION:
         raise FormatError(f"unsupported wal-index version {hdr.version}")
-    if not is_valid_page_size(hdr.page_size):
+    # SQLite's recovery of an empty WAL zeroes the header before publishing
+    # it (walIndexRecover): page size 0 with no frame is what every replica
+    # reader builds from the replica's empty WAL, and SQLite trusts it.
+    if not is_valid_page_size(hdr.page_size) and (hdr.page_size or hdr.mx_frame):
         raise FormatError(f"invalid page size {hdr.page_size} in wal-index header")
     return hdr
 

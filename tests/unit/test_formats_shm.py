@@ -11,6 +11,7 @@ import os
 import sqlite3
 import struct
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -115,6 +116,24 @@ def test_parse_shm_header_rejects_what_sqlite_rejects(tmp_path: Path) -> None:
         parse_index_header(good, SHM_HEADER_SIZE - INDEX_HEADER_SIZE + 1)
     with pytest.raises(FormatError):
         parse_checkpoint_info(good[:135])
+
+
+def test_header_recovered_from_an_empty_wal_is_accepted(tmp_path: Path) -> None:
+    """walIndexRecover zeroes the header for an empty WAL: page size 0, mxFrame 0 — still valid."""
+    db, con = _wal_db(tmp_path)
+    con.execute("INSERT INTO t VALUES (1)")
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    con.close()  # the last connection deletes -wal and -shm
+    Path(f"{db}-wal").write_bytes(b"")  # an empty WAL, as a replica keeps it
+    reader = sqlite3.connect(db)
+    assert reader.execute("SELECT count(*) FROM t").fetchone() == (1,)
+    hdr = parse_shm_header(Path(f"{db}-shm").read_bytes())
+    reader.close()
+    assert (hdr.page_size, hdr.mx_frame, hdr.n_page) == (0, 0, 0)
+    assert parse_shm_header(build_index_headers(hdr.after_apply(7))).n_page == 7
+    broken = replace(hdr, mx_frame=1).with_checksum()
+    with pytest.raises(FormatError, match="page size"):
+        parse_shm_header(build_index_headers(broken))
 
 
 def test_checkpoint_info_after_restart() -> None:
