@@ -1,8 +1,9 @@
-"""`make demo`: mount one node under ./demo, run SQLite through it, show what happened.
+"""`make demo`: a primary and two replicas under ./demo, SQLite on the primary, reads everywhere.
 
-Everything lives under `./demo` (mount point, data dir, daemon log), so no
-root-only paths are needed beyond FUSE itself; the mount is always taken down
-at the end, also on Ctrl-C or failure.
+Three node processes on loopback ports (pylitefs.cluster), each with its own
+mount, data dir and log under `./demo`: writers on the primary, the same rows
+read on every node with its position, and a write refused on a replica.
+Every mount is always taken down at the end, also on Ctrl-C or failure.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import textwrap
 import time
 from pathlib import Path
 
-from pylitefs.process import MountProcess, is_mounted
+from pylitefs.cluster import Cluster, Node, wait_caught_up
+from pylitefs.process import force_unmount, is_mounted
 
 WRITER = textwrap.dedent(
     """
@@ -56,19 +58,28 @@ def create(path: Path, mode: str) -> None:
         conn.close()
 
 
+NODES = ("primary", "replica1", "replica2")
+
+
 def run(root: Path, transactions: int) -> None:
     """The demo proper; raises on any failure."""
-    node = MountProcess(mountpoint=root / "mnt", data_dir=root / "data", log_path=root / "pylitefs.log")
-    if is_mounted(str(node.mountpoint)):
-        node.stop()  # left over from an interrupted demo
-    shutil.rmtree(node.data_dir, ignore_errors=True)
-    print(f"1. mounting pylitefs at {node.mountpoint} (data dir {node.data_dir})")
-    node.start()
+    for name in NODES:  # left over from an interrupted demo
+        if is_mounted(str(root / name / "mnt")):
+            force_unmount(str(root / name / "mnt"))
+        shutil.rmtree(root / name, ignore_errors=True)
+    cluster = Cluster(root)
+    codes: list[int | None] = []
     try:
-        print(f"   ready; daemon pid {node.proc.pid if node.proc else '?'}, log {node.log_path}")
+        print(f"1. starting a primary and two replicas under {root}")
+        primary = cluster.primary(NODES[0])
+        replicas = [cluster.replica(name) for name in NODES[1:]]
+        for node in cluster.nodes:
+            role = "primary" if node is primary else f"replica of {primary.url}"
+            print(f"   {node.name}: mounted at {node.mountpoint}, {role}, pid {node.proc.pid if node.proc else '?'}")
         for mode, db in (("wal", "app.db"), ("delete", "jobs.db")):
-            path = node.mountpoint / db
-            print(f"2. two writer processes, {transactions} transactions each, {db} in journal_mode={mode}")
+            path = primary.mountpoint / db
+            print(f"2. two writer processes on the primary, {transactions} transactions each, "
+                  f"{db} in journal_mode={mode}")
             create(path, mode)
             writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(path), who, str(transactions)],
                                         stdout=subprocess.PIPE, text=True) for who in ("alice", "bob")]
@@ -79,19 +90,36 @@ def run(root: Path, transactions: int) -> None:
                     raise RuntimeError(f"writer failed with exit code {writer.returncode}")
                 rates.append(out.strip())
             print(f"   committed; each writer ran at {' and '.join(rates)} transactions/s")
-            out = subprocess.run([sys.executable, "-c", READER, str(path)], capture_output=True, text=True,
-                                 check=True, timeout=60).stdout.split()
-            print(f"3. a reader process sees rows per writer {out[0]}; integrity_check: {out[1]}")
-        listing = ", ".join(f"{p.name} ({p.stat().st_size} B)" for p in sorted(node.mountpoint.iterdir()))
-        print(f"4. the mount holds: {listing}")
-        stored = ", ".join(p.name for p in sorted(node.data_dir.iterdir()) if not p.name.startswith("."))
-        print(f"   stored in the data dir: {stored}")
+            txid, checksum = wait_caught_up(primary, replicas, db)
+            print(f"3. every node is at TXID {txid}, checksum {checksum:016x}; a reader process on each sees:")
+            for node in cluster.nodes:
+                out = subprocess.run([sys.executable, "-c", READER, str(node.mountpoint / db)], capture_output=True,
+                                     text=True, check=True, timeout=60).stdout.split()
+                print(f"   {node.name:9} rows per writer {out[0]}; integrity_check: {out[1]}")
+        show_replica(replicas[0])
+        listing = ", ".join(p.name for p in sorted(replicas[0].mountpoint.iterdir()))
+        print(f"5. {replicas[0].name}'s mount holds: {listing}")
     finally:
-        code = node.stop()
-        gone = not is_mounted(str(node.mountpoint))
-        print(f"5. unmounted: {'yes' if gone else 'NO'} (daemon exit code {code})")
-    if code != 0 or not gone:
-        raise RuntimeError("the daemon did not stop cleanly; see " + str(node.log_path))
+        codes = [node.stop() for node in cluster.nodes]
+        gone = not any(is_mounted(str(node.mountpoint)) for node in cluster.nodes)
+        print(f"6. unmounted: {'yes' if gone else 'NO'} (daemon exit codes {', '.join(map(str, codes))})")
+    if any(code != 0 for code in codes) or not gone:
+        raise RuntimeError(f"a daemon did not stop cleanly; see the logs under {root}")
+
+
+def show_replica(replica: Node) -> None:
+    """What an application on a replica sees: the primary's name, the lag, a refused write."""
+    primary = (replica.mountpoint / ".primary").read_text().strip()
+    lag = (replica.mountpoint / ".lag").read_text().strip()
+    conn = sqlite3.connect(replica.mountpoint / "app.db", timeout=1)
+    try:
+        conn.execute("INSERT INTO events(who, at, body) VALUES('mallory', 0, 'on a replica')")
+        refused = "NOT REFUSED"
+    except sqlite3.OperationalError as exc:
+        refused = f"refused: {exc}"
+    finally:
+        conn.close()
+    print(f"4. on {replica.name}: .primary says {primary}, .lag says {lag} ms; an INSERT there is {refused}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,6 +21,7 @@ import trio
 
 from fs.access import Access
 from fs.apply import Applier
+from fs.locks import LockTimeout
 from fs.mount import MountError, MountOptions, data_dir_lock, preflight, serve
 from fs.operations import Operations
 from fs.snapshot import read_consistent
@@ -157,7 +158,13 @@ async def run(config: Config, *, capture: bool = True) -> None:
         elif store is not None:
 
             async def apply(db: str, txns: list[Transaction]) -> None:
-                await trio.to_thread.run_sync(applier.apply, db, txns)
+                # A reader inside a long transaction holds SQLite's locks:
+                # wait for it, as a SQLite writer would (applying is idempotent).
+                while True:
+                    try:
+                        return await trio.to_thread.run_sync(applier.apply, db, txns)
+                    except LockTimeout as exc:
+                        log.warning("cannot apply TXID %d of %s yet, retrying: %s", txns[-1].txid, db, exc)
 
             replica = ReplicaClient(
                 store, node_id=config.hostname, secret=config.secret, primary_url=config.primary_url,

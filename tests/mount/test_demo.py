@@ -17,6 +17,8 @@ def test_demo_runs_and_leaves_nothing_mounted(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "pylitefs.demo", "--dir", str(tmp_path), "--transactions", "50"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "rows per writer alice=50;bob=50; integrity_check: ok" in out.stdout
-    assert "5. unmounted: yes (daemon exit code 0)" in out.stdout
-    assert not is_mounted(str(tmp_path / "mnt"))
+    assert out.stdout.count("rows per writer alice=50;bob=50; integrity_check: ok") == 6, out.stdout
+    assert "an INSERT there is refused: attempt to write a readonly database" in out.stdout
+    assert "6. unmounted: yes (daemon exit codes 0, 0, 0)" in out.stdout
+    for name in ("primary", "replica1", "replica2"):
+        assert not is_mounted(str(tmp_path / name / "mnt"))
