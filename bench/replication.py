@@ -10,8 +10,10 @@ replica as real node processes on this machine and measures:
   minus the time the writer's COMMIT returned (one clock: same host);
   p50/p99/max over every row;
 - catch-up: a database of `--snapshot-mb` MB created on the primary while no
-  replica runs; then a new replica starts, and the time until its position
-  equals the primary's gives MB/s (a snapshot, as the new replica has nothing).
+  replica runs; then a new replica starts, and the time from its start until
+  its position equals the primary's gives MB/s: once from the log (it still
+  reaches back to TXID 1), once by a snapshot (the primary kept its log for
+  one second only).
 
 Nothing is asserted; the exit code is 0 unless a node or a process failed.
 All four processes share this machine's 2 cores, which inflates the lag.
@@ -108,10 +110,16 @@ def measure_lag(cluster: Cluster, rate: float, seconds: float, work: Path) -> di
             "max_ms": max(lags), "count": len(lags), "mean_ms": statistics.fmean(lags)}
 
 
-def measure_snapshot(work: Path, megabytes: int) -> dict[str, float]:
-    cluster = Cluster(work / "snap")
+def measure_catch_up(work: Path, megabytes: int, *, snapshot: bool) -> dict[str, float]:
+    """Seconds for a new replica to reach a `megabytes` database: from the log, or by a snapshot.
+
+    For the snapshot the primary keeps its log for a second only, so that the
+    log no longer reaches back to TXID 1 when the replica connects.
+    """
+    cluster = Cluster(work / ("snapshot" if snapshot else "log"))
     try:
-        primary = cluster.primary()
+        retention = {"retention": "1s", "retention-monitor-interval": "200ms"} if snapshot else {}
+        primary = cluster.primary(data=retention)
         conn = sqlite3.connect(primary.mountpoint / "big.db", isolation_level=None)
         conn.execute("PRAGMA journal_mode=wal")
         conn.execute("CREATE TABLE big(id INTEGER PRIMARY KEY, v BLOB)")
@@ -123,12 +131,18 @@ def measure_snapshot(work: Path, megabytes: int) -> dict[str, float]:
             conn.execute("COMMIT")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         conn.close()
+        if snapshot:
+            deadline = time.monotonic() + 60
+            while "retention: dropped" not in primary.log_text() and time.monotonic() < deadline:
+                time.sleep(0.1)
         size = (primary.data_dir / "big.db").stat().st_size
         start = time.monotonic()
         replica = cluster.replica("late")
         wait_caught_up(primary, [replica], "big.db", timeout=1800)
         elapsed = time.monotonic() - start
-        return {"mb": size / 1e6, "seconds": elapsed, "mb_per_s": size / 1e6 / elapsed}
+        used_snapshot = "snapshot" in replica.log_text()
+        return {"mb": size / 1e6, "seconds": elapsed, "mb_per_s": size / 1e6 / elapsed,
+                "snapshot": used_snapshot}
     finally:
         cluster.stop()
 
@@ -165,15 +179,18 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             cluster.stop()
         if args.snapshot_mb:
-            results["snapshot"] = s = measure_snapshot(work, args.snapshot_mb)
-            print(f"catch-up of a new replica (snapshot) of {s['mb']:,.0f} MB: {s['seconds']:.1f} s, "
-                  f"{s['mb_per_s']:.0f} MB/s", flush=True)
+            for key, snapshot in (("log", False), ("snapshot", True)):
+                results[key] = s = measure_catch_up(work, args.snapshot_mb, snapshot=snapshot)
+                how = "a snapshot" if s["snapshot"] else "the log"
+                print(f"a new replica catches up with a {s['mb']:,.0f} MB database from {how}: "
+                      f"{s['seconds']:.1f} s, {s['mb_per_s']:.0f} MB/s (from its start)", flush=True)
         steady = results["steady"]
         print(f"target: p99 lag <= 10 ms at 1,000 tx/s   {steady['p99_ms']:.2f} ms "
               f"{'met' if steady['p99_ms'] <= 10 else 'MISSED'}")
         if args.snapshot_mb:
-            print(f"target: catch-up >= 100 MB/s            {s['mb_per_s']:.0f} MB/s "
-                  f"{'met' if s['mb_per_s'] >= 100 else 'MISSED'}")
+            for key in ("log", "snapshot"):
+                rate = results[key]["mb_per_s"]  # type: ignore[index]
+                print(f"target: catch-up >= 100 MB/s ({key:8}) {rate:.0f} MB/s {'met' if rate >= 100 else 'MISSED'}")
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=1))
     finally:

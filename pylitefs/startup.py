@@ -118,12 +118,7 @@ def recover_replica_databases(data_dir: str, store: Store) -> None:
                 continue
             log.error("%s: the local copy does not match its log (%s); discarding it, "
                       "the primary will send a snapshot", db, mismatch)
-            for name in (db, f"{db}-wal", f"{db}-shm"):
-                try:
-                    os.unlink(name, dir_fd=dir_fd)
-                except FileNotFoundError:
-                    pass
-            os.fsync(dir_fd)
+            _remove_database(dir_fd, db)
             store.forget(db)
     finally:
         os.close(dir_fd)
@@ -151,11 +146,7 @@ def _redo_last(dir_fd: int, store: Store, db: str) -> bool:
         finally:
             os.close(fd)
     else:
-        for name in (db, f"{db}-wal", f"{db}-shm"):
-            try:
-                os.unlink(name, dir_fd=dir_fd)
-            except FileNotFoundError:
-                pass
+        _remove_database(dir_fd, db)
     os.fsync(dir_fd)
     try:
         store.load(db, image, cut=False)
@@ -164,3 +155,13 @@ def _redo_last(dir_fd: int, store: Store, db: str) -> bool:
     log.warning("%s: wrote TXID %d again: the node stopped while applying it", db, last.txid)
     return True
 
+
+
+def _remove_database(dir_fd: int, db: str) -> None:
+    """Delete `db` and its WAL and shared memory from the data dir (durably)."""
+    for name in (db, f"{db}-wal", f"{db}-shm"):
+        try:
+            os.unlink(name, dir_fd=dir_fd)
+        except FileNotFoundError:
+            pass
+    os.fsync(dir_fd)

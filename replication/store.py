@@ -210,10 +210,17 @@ class Store:
     def reset(self, txn: Transaction) -> None:
         """Replace `txn.db`'s history with `txn`, a snapshot (every page) or a drop.
 
-        For replicas: the log becomes this one record (fsynced) and the
-        checksum is recomputed from its pages; DivergedError if that is not
-        its post-checksum (nothing changed then). A transaction with commit
-        size 0 and no pages means the database does not exist. Blocking.
+        For replicas. The checksum is recomputed from the snapshot's pages;
+        DivergedError if that is not its post-checksum (nothing changed
+        then). The log becomes one record (fsynced): the drop, or for a
+        snapshot a *base* record — its TXID, size and checksum without the
+        pages, which the database file holds once the caller has written
+        them. (Logging every page again would double the cost of a snapshot
+        and exceed the record limit past 1 GiB; the price is that a crash
+        while the snapshot's pages are written leaves a copy that matches
+        nothing, which startup discards, and the primary sends the snapshot
+        again.) A transaction with commit size 0 and no pages means the
+        database does not exist. Blocking.
         """
         db = txn.db
         _check_name(db)
@@ -226,9 +233,10 @@ class Store:
                 raise DivergedError(f"{db}: snapshot at TXID {txn.txid} has checksum "
                                     f"{update.checksum:016x}, not {txn.post_checksum:016x}")
             hashes.apply_update(update)
+        base = txn if hashes is None else replace(txn, pages={}, pre_checksum=0)
         path = self._path(db)
         tmp = path + ".reset"
-        _write_log(tmp, [txn])
+        _write_log(tmp, [base])
         old = self._dbs.pop(db, None)
         if old is not None:
             old.log.close()

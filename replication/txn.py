@@ -218,8 +218,11 @@ _HEAD_PREFIX = struct.Struct(">4sBBHII")
 _CRC = struct.Struct(">I")
 
 
-def _pack(obj: Any) -> bytes:
-    """msgpack.packb(obj, use_bin_type=True) with a reused Packer (one per thread)."""
+def packb(obj: Any) -> bytes:
+    """msgpack.packb(obj, use_bin_type=True) with a reused Packer (one per thread).
+
+    Shared by the log records here and the stream's frames (replication.wire).
+    """
     packer = getattr(_packers, "packer", None)
     if packer is None:
         packer = _packers.packer = msgpack.Packer(use_bin_type=True)
@@ -232,7 +235,7 @@ def _pack(obj: Any) -> bytes:
 
 def encode_record(txn: Transaction, *, compress: bool = False) -> bytes:
     """The record bytes for `txn`; `compress` stores the body zlib-compressed (level 1)."""
-    body = _pack(_to_body(txn))
+    body = packb(_to_body(txn))
     flags = 0
     if compress:
         body = zlib.compress(body, 1)

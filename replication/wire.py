@@ -66,7 +66,6 @@ import hashlib
 import hmac
 import os
 import struct
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeAlias
@@ -82,6 +81,7 @@ from replication.txn import (
     Transaction,
     TransactionError,
     decode_record,
+    packb,
     record_size,
 )
 
@@ -463,21 +463,6 @@ _SPECS = (
 _BY_TAG: dict[str, _Spec] = {spec.tag: spec for spec in _SPECS}
 _BY_CLASS: dict[type, _Spec] = {spec.cls: spec for spec in _SPECS}
 
-_packers = threading.local()
-
-
-def _pack(obj: Any) -> bytes:
-    """msgpack.packb(obj, use_bin_type=True) with a reused Packer (one per thread)."""
-    packer = getattr(_packers, "packer", None)
-    if packer is None:
-        packer = _packers.packer = msgpack.Packer(use_bin_type=True)
-    try:
-        return packer.pack(obj)  # type: ignore[no-any-return]
-    except BaseException:
-        _packers.packer = None  # never reuse a packer whose buffer may hold a partial object
-        raise
-
-
 def encode_message(msg: Message, *, max_frame_size: int = MAX_FRAME_SIZE) -> bytes:
     """One frame: 4-byte big-endian body length, then the msgpack body (a map with a "t" type key).
 
@@ -491,7 +476,7 @@ def encode_message(msg: Message, *, max_frame_size: int = MAX_FRAME_SIZE) -> byt
     body: dict[str, Any] = {"t": spec.tag}
     for name in spec.names:
         body[name] = getattr(msg, name)
-    packed = _pack(body)
+    packed = packb(body)
     if len(packed) > max_frame_size:
         raise ValueError(
             f"{spec.tag!r} message of {len(packed)} bytes exceeds the frame limit of {max_frame_size}"
