@@ -30,6 +30,8 @@ from replication.stream import STREAM_PATH, UPGRADE_TOKEN, MessageStream
 log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT = 30.0
+#: Connections served at once; more are closed at once (the daemon's descriptors also serve FUSE).
+MAX_CONNECTIONS = 256
 MAX_REQUEST_HEAD = 64 * 1024
 MAX_REQUEST_BODY = 1 << 20
 RECEIVE_SIZE = 1 << 16
@@ -45,6 +47,7 @@ class HttpServer:
         self._info = info
         self._status = status
         self._stream_handler = stream_handler
+        self._slots = trio.Semaphore(MAX_CONNECTIONS)
 
     async def serve(self, host: str, port: int, *,
                     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED) -> None:
@@ -54,6 +57,18 @@ class HttpServer:
         await trio.serve_listeners(self._connection, listeners)
 
     async def _connection(self, stream: trio.SocketStream) -> None:
+        try:
+            self._slots.acquire_nowait()
+        except trio.WouldBlock:
+            log.warning("more than %d HTTP connections: closing a new one", MAX_CONNECTIONS)
+            await stream.aclose()
+            return
+        try:
+            await self._serve_connection(stream)
+        finally:
+            self._slots.release()
+
+    async def _serve_connection(self, stream: trio.SocketStream) -> None:
         try:
             peer = "%s:%s" % stream.socket.getpeername()[:2]
         except OSError:
@@ -88,7 +103,7 @@ class HttpServer:
                                    {"error": f"bad request: {exc}"}, close=True)
             except (h11.LocalProtocolError, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 pass
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, OSError) as exc:
             log.debug("HTTP client %s went away: %s", peer, exc)
         except Exception:  # one connection's bug must not stop the server for everyone
             log.exception("unexpected error serving %s", peer)
@@ -118,11 +133,11 @@ class HttpServer:
         if method not in ("GET", "HEAD"):
             await _respond(stream, conn, 405, {"error": f"{method} is not allowed here"}, extra=[("Allow", "GET")])
         elif path == "/info":
-            await _respond(stream, conn, 200, self._info())
+            await _respond(stream, conn, 200, self._info(), head=method == "HEAD")
         elif path == "/status":
-            await _respond(stream, conn, 200, self._status())
+            await _respond(stream, conn, 200, self._status(), head=method == "HEAD")
         else:
-            await _respond(stream, conn, 404, {"error": f"no such path: {path}"})
+            await _respond(stream, conn, 404, {"error": f"no such path: {path}"}, head=method == "HEAD")
         return None
 
 
@@ -160,15 +175,18 @@ def _header(request: h11.Request, name: bytes) -> bytes:
 
 
 async def _respond(stream: trio.SocketStream, conn: h11.Connection, status: int, payload: dict[str, Any],
-                   *, close: bool = False, extra: list[tuple[str, str]] | None = None) -> None:
+                   *, close: bool = False, extra: list[tuple[str, str]] | None = None, head: bool = False) -> None:
     body = json.dumps(payload, indent=1, sort_keys=True).encode() + b"\n"
     headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
     if close:
         headers.append(("Connection", "close"))
     headers += extra or []
     data = conn.send(h11.Response(status_code=status, headers=headers))
-    data += conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())
-    await stream.send_all(data)
+    if not head:  # a HEAD response announces the body's length but carries none
+        data += conn.send(h11.Data(data=body))
+    data += conn.send(h11.EndOfMessage())
+    with trio.fail_after(REQUEST_TIMEOUT):  # a client that does not read is dropped
+        await stream.send_all(data)
 
 
 __all__ = ["HttpServer", "StreamHandler"]

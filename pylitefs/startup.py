@@ -95,12 +95,16 @@ def _image_after(rec: RecoveredDatabase, commits: int) -> bytes:
 def recover_replica_databases(data_dir: str, store: Store) -> None:
     """Bring a replica's copies back to the last logged transaction (blocking: run in a thread).
 
-    A replica logs (and fsyncs) each transaction before it writes the pages,
-    so after a crash a copy is either at its log's last TXID or part-way
-    through writing that transaction's pages: the last transaction is then
-    written again (its pages are whole, so this is exact). A copy that
-    matches neither is reported at ERROR level and discarded with its log;
-    the primary sends a snapshot when the replica connects.
+    A replica logs each transaction before it writes the pages (the log is
+    fsynced soon after, before the transaction is acknowledged; the pages are
+    never fsynced), so after a crash a copy is at its log's last TXID, or
+    behind it and part-way through later ones. The logged transactions are
+    then written again, oldest first: their pages are whole, so replaying a
+    suffix that starts at or before the copy's state ends exactly at the last
+    one. A copy that still does not match (changed behind the daemon's back, or
+    a snapshot whose pages never reached the file) is reported at ERROR level
+    and discarded with its log; the primary sends a snapshot when the replica
+    connects.
     """
     dir_fd = os.open(data_dir, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -114,8 +118,11 @@ def recover_replica_databases(data_dir: str, store: Store) -> None:
                 mismatch: Exception = exc
             except (StoreError, FormatError) as exc:
                 mismatch = exc
-            if _redo_last(dir_fd, store, db):
-                continue
+            try:
+                if _redo_log(dir_fd, store, db):
+                    continue
+            except Exception as exc:  # an unreadable log: handled like any mismatch below
+                log.warning("%s: cannot replay the log onto the copy: %s", db, exc)
             log.error("%s: the local copy does not match its log (%s); discarding it, "
                       "the primary will send a snapshot", db, mismatch)
             _remove_database(dir_fd, db)
@@ -124,18 +131,22 @@ def recover_replica_databases(data_dir: str, store: Store) -> None:
         os.close(dir_fd)
 
 
-def _redo_last(dir_fd: int, store: Store, db: str) -> bool:
-    """Write the last logged transaction of `db` into its file again; True if that matches the log."""
+def _redo_log(dir_fd: int, store: Store, db: str) -> bool:
+    """Write `db`'s logged transactions into its file again; True if it then matches the log."""
     last = store.last(db)
     if last is None:
         return False
+    buf = bytearray(read_file(dir_fd, db) or b"")
+    for txn in store.read(db):
+        if txn.dropped:
+            buf.clear()
+        else:
+            apply_pages(buf, txn.page_size, txn.commit_size, txn.pages)
     if last.dropped or not last.commit_size:
         image = b""
+    elif database_checksum(buf, last.page_size) != last.post_checksum:
+        return False
     else:
-        buf = bytearray(read_file(dir_fd, db) or b"")
-        apply_pages(buf, last.page_size, last.commit_size, last.pages)
-        if database_checksum(buf, last.page_size) != last.post_checksum:
-            return False
         image = bytes(buf)
     if image:
         fd = os.open(db, os.O_RDWR | os.O_CREAT, 0o644, dir_fd=dir_fd)
@@ -152,9 +163,9 @@ def _redo_last(dir_fd: int, store: Store, db: str) -> bool:
         store.load(db, image, cut=False)
     except ChecksumMismatchError:
         return False
-    log.warning("%s: wrote TXID %d again: the node stopped while applying it", db, last.txid)
+    log.warning("%s: the copy was not at its log's last TXID %d; rewrote it from the log (the node "
+                "stopped while applying, or the file was changed behind its back)", db, last.txid)
     return True
-
 
 
 def _remove_database(dir_fd: int, db: str) -> None:

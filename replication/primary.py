@@ -59,8 +59,15 @@ DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 HANDSHAKE_MAX_FRAME = 64 * 1024
 #: Live transactions a session buffers before it falls back to reading the log.
 MAX_BUFFERED_TXNS = 1024
-#: Transactions read from the log per worker-thread call while catching up.
+#: ... and bytes of pages.
+MAX_BUFFERED_BYTES = 64 << 20
+#: Transactions (at most) and bytes (about) read from the log per worker-thread call while catching up.
 LOG_BATCH = 256
+LOG_BATCH_BYTES = 16 << 20
+#: Records larger than this are encoded in a worker thread, not on the trio thread that serves FUSE.
+THREAD_ENCODE_BYTES = 1 << 20
+#: A replica that sends nothing (it acknowledges every heartbeat) for this many intervals is dropped.
+SILENCE_HEARTBEATS = 5
 #: Seconds before a failed snapshot of a database is tried again.
 SNAPSHOT_RETRY_DELAY = 1.0
 
@@ -108,6 +115,7 @@ class PrimaryServer:
         self.handshake_timeout = handshake_timeout
         #: Connected replicas by node id.
         self.replicas: dict[str, ReplicaState] = {}
+        self._scopes: dict[str, trio.CancelScope] = {}
 
     async def serve(self, stream: MessageStream, peer: str) -> None:
         """Run one replica's session until it disconnects.
@@ -133,20 +141,26 @@ class PrimaryServer:
                         peer, _reason(exc))
             return
         stream.max_frame_size = full_size
-        if node_id in self.replicas:
-            log.warning("replica %s connected again from %s; the previous stream will end", node_id, peer)
+        previous = self._scopes.get(node_id)
+        if previous is not None:
+            log.warning("replica %s connected again from %s; ending its previous stream", node_id, peer)
+            previous.cancel()
         state = ReplicaState(node_id, peer, time.time(), dict(positions))
         self.replicas[node_id] = state
         session = _Session(self, stream, state)
         log.info("replica %s connected from %s", node_id, peer)
-        try:
-            await session.run(positions)
-        except (ProtocolError, StreamClosed, trio.BrokenResourceError, trio.ClosedResourceError,
-                OSError) as exc:
-            log.info("replica %s (%s) disconnected: %s", node_id, peer, _reason(exc))
-        finally:
-            if self.replicas.get(node_id) is state:
-                del self.replicas[node_id]
+        with trio.CancelScope() as scope:
+            self._scopes[node_id] = scope
+            try:
+                await session.run(positions)
+            except (ProtocolError, StreamClosed, trio.TooSlowError, trio.BrokenResourceError,
+                    trio.ClosedResourceError, OSError) as exc:
+                log.info("replica %s (%s) disconnected: %s", node_id, peer, _reason(exc))
+            finally:
+                if self.replicas.get(node_id) is state:
+                    del self.replicas[node_id]
+                if self._scopes.get(node_id) is scope:
+                    del self._scopes[node_id]
 
     async def _handshake(self, stream: MessageStream, peer: str) -> tuple[str, dict[str, tuple[int, int]]]:
         with trio.fail_after(self.handshake_timeout):
@@ -190,6 +204,7 @@ class _Session:
         self.sent: dict[str, tuple[int, int]] = {}
         self.buffer: dict[str, list[Transaction]] = {}
         self.buffered = 0
+        self.buffered_bytes = 0
         self.from_log: set[str] = set()  # dbs whose live buffer overflowed
         self.resync: set[str] = set()
         self.wake = trio.Event()
@@ -204,18 +219,29 @@ class _Session:
             self._token.run_sync_soon(self._on_txn, txn)
 
     def _on_txn(self, txn: Transaction) -> None:
-        if txn.db in self.from_log or self.buffered >= MAX_BUFFERED_TXNS:
+        size = len(txn.pages) * txn.page_size
+        if (txn.db in self.from_log or self.buffered >= MAX_BUFFERED_TXNS
+                or self.buffered_bytes + size > MAX_BUFFERED_BYTES):
             self.from_log.add(txn.db)
         else:
             self.buffer.setdefault(txn.db, []).append(txn)
             self.buffered += 1
+            self.buffered_bytes += size
         self.wake.set()
+
+    def _unbuffer(self, db: str) -> list[Transaction]:
+        txns = self.buffer.pop(db, [])
+        self.buffered -= len(txns)
+        self.buffered_bytes -= sum(len(t.pages) * t.page_size for t in txns)
+        return txns
 
     async def run(self, positions: dict[str, tuple[int, int]]) -> None:
         self.store.add_listener(self._listener)
         try:
             async with open_task_group() as nursery:
+                self._nursery = nursery
                 nursery.start_soon(self._receive_loop)
+                nursery.start_soon(self._heartbeat_loop)
                 for db in sorted(set(self.store.databases()) | set(positions)):
                     await self._start_db(db, positions.get(db, (0, 0)))
                 await self._send_loop()
@@ -223,8 +249,10 @@ class _Session:
             self.store.remove_listener(self._listener)
 
     async def _receive_loop(self) -> None:
+        silence = self.server.heartbeat_interval * SILENCE_HEARTBEATS
         while True:
-            msg = await self.stream.receive()
+            with trio.fail_after(silence):  # a replica acknowledges every heartbeat
+                msg = await self.stream.receive()
             if isinstance(msg, Ack):
                 self.state.positions.update(msg.positions)
                 self.state.acked_at = time.time()
@@ -268,29 +296,28 @@ class _Session:
 
         return await trio.to_thread.run_sync(check)
 
+    async def _heartbeat_loop(self) -> None:
+        """The primary's positions every interval, also while a long snapshot is being sent."""
+        while True:
+            await self.stream.send(Heartbeat(self.store.positions(), time.time_ns()))
+            await trio.sleep(self.server.heartbeat_interval)
+
     async def _send_loop(self) -> None:
-        interval = self.server.heartbeat_interval
-        next_heartbeat = trio.current_time()
         while True:
             await self._flush()
-            now = trio.current_time()
-            if now >= next_heartbeat:
-                await self.stream.send(Heartbeat(self.store.positions(), time.time_ns()))
-                next_heartbeat = now + interval
-            with trio.move_on_at(next_heartbeat):
-                await self.wake.wait()
+            await self.wake.wait()
             self.wake = trio.Event()
 
     async def _flush(self) -> None:
         """Send everything the replica is missing, database by database."""
-        while self.resync:
-            db = self.resync.pop()
-            self.buffer.pop(db, None)
+        resync, self.resync = self.resync, set()
+        for db in sorted(resync):
+            self._unbuffer(db)
             self.from_log.discard(db)
             await self._send_snapshot(db)
         while self.buffer:
-            db, txns = self.buffer.popitem()
-            self.buffered -= len(txns)
+            db = next(iter(self.buffer))
+            txns = self._unbuffer(db)
             if db in self.from_log:
                 continue
             for txn in txns:
@@ -307,7 +334,10 @@ class _Session:
             await self._send_from_log(db)
 
     async def _send_txn(self, txn: Transaction) -> None:
-        record = encode_record(txn)
+        if len(txn.pages) * txn.page_size > THREAD_ENCODE_BYTES:
+            record = await trio.to_thread.run_sync(encode_record, txn)
+        else:
+            record = encode_record(txn)
         await self.stream.send_many(list(txn_chunks(txn.db, txn.txid, record)))
         self.sent[txn.db] = (txn.txid, txn.post_checksum)
 
@@ -316,12 +346,21 @@ class _Session:
         while True:
             target = self.store.position(db)
             sent = self.sent.get(db, (0, 0))
-            if target is None or sent[0] >= target[0]:
+            if target is None or sent == target:
+                return
+            if sent[0] >= target[0]:  # same TXID, other content (e.g. renamed over): a new history
+                await self._send_snapshot(db)
                 return
             start = sent[0] + 1
 
             def read() -> list[Transaction]:
-                return list(itertools.islice(self.store.read(db, start), LOG_BATCH))
+                txns, size = [], 0
+                for txn in itertools.islice(self.store.read(db, start), LOG_BATCH):
+                    txns.append(txn)
+                    size += len(txn.pages) * txn.page_size
+                    if size >= LOG_BATCH_BYTES:
+                        break
+                return txns
 
             try:
                 txns = await trio.to_thread.run_sync(read)
@@ -343,11 +382,18 @@ class _Session:
 
     async def _send_snapshot(self, db: str) -> None:
         """Send a consistent copy of `db` (or its drop), and continue from its TXID."""
+        try:
+            image, position = await self.server.snapshot(db)
+        except FileNotFoundError:  # deleted (its drop is logged) or being renamed
+            image, position = b"", None
+        except OSError as exc:  # e.g. LockTimeout: a writer held the database too long
+            log.warning("cannot take a snapshot of %s for %s, retrying: %s", db, self.state.node_id, exc)
+            self._retry_snapshot(db)
+            return
         last = self.store.last(db) if db in self.store.databases() else None
         if last is None:
             await self._send_forget(db)
             return
-        image, position = await self.server.snapshot(db)
         if position is None or not image:
             if last.dropped:
                 msgs = list(snapshot_messages(db, last.txid, last.page_size, 0, 0, []))
@@ -355,7 +401,7 @@ class _Session:
                 self.sent[db] = (last.txid, 0)
             else:
                 log.warning("cannot take a snapshot of %s yet; retrying", db)
-                await self._retry_snapshot(db)
+                self._retry_snapshot(db)
             return
         # Image and position were taken under the same lock: the replica
         # verifies the checksum from the pages (and asks again if it differs).
@@ -370,10 +416,15 @@ class _Session:
         log.info("sent a snapshot of %s at TXID %d to %s (%.1f MB in %.2fs)", db, txid,
                  self.state.node_id, len(image) / 1e6, time.perf_counter() - started)
 
-    async def _retry_snapshot(self, db: str) -> None:
-        await trio.sleep(SNAPSHOT_RETRY_DELAY)
-        self.resync.add(db)
-        self.wake.set()
+    def _retry_snapshot(self, db: str) -> None:
+        """Ask for `db`'s snapshot again in a while (other databases go on meanwhile)."""
+
+        async def later() -> None:
+            await trio.sleep(SNAPSHOT_RETRY_DELAY)
+            self.resync.add(db)
+            self.wake.set()
+
+        self._nursery.start_soon(later)
 
 
 def _pages(image: bytes, page_size: int) -> Iterator[tuple[int, bytes]]:

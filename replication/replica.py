@@ -64,6 +64,10 @@ MAX_RECONNECT_DELAY = 5.0
 DEFAULT_CONNECT_TIMEOUT = 10.0
 #: The primary is presumed gone after this many heartbeat intervals of silence.
 SILENCE_HEARTBEATS = 5
+#: Received transactions waiting to be applied (then the TCP window pushes back).
+RECEIVE_QUEUE = 64
+#: A group of transactions with more page bytes than this is logged from a worker thread.
+THREAD_APPEND_BYTES = 1 << 20
 
 #: Writes transactions of one database into the mount: apply(db, txns).
 ApplyFn = Callable[[str, list[Transaction]], Awaitable[None]]
@@ -117,6 +121,8 @@ class ReplicaClient:
         self._diverged: set[str] = set()
         self._unsynced: set[str] = set()
         self._sync_wanted = trio.Event()
+        # Positions whose log is fsynced (what an Ack promises).
+        self._synced: dict[str, tuple[int, int]] = dict(self.applied)
 
     # ---------------------------------------------------------------- status
 
@@ -126,9 +132,11 @@ class ReplicaClient:
 
     def caught_up(self) -> bool:
         """True when every position of the primary's last heartbeat is applied here."""
-        return self.connected and all(
-            self.applied.get(db, (0, 0))[0] >= txid for db, (txid, _) in self.primary_positions.items()
-        )
+        def has(db: str, txid: int, checksum: int) -> bool:
+            mine = self.applied.get(db, (0, 0))
+            return mine[0] > txid or mine == (txid, checksum)
+
+        return self.connected and all(has(db, *pos) for db, pos in self.primary_positions.items())
 
     def lag_ms(self) -> int:
         """Milliseconds since this replica last had everything the primary had (0 when it does)."""
@@ -191,6 +199,13 @@ class ReplicaClient:
                     return list(self.store.read(db))  # a snapshot replaced what came before
 
             txns = await trio.to_thread.run_sync(read)
+            if any(_is_base(txn) for txn in txns):
+                # A snapshot was logged but its pages never reached the file:
+                # the copy cannot be trusted; the primary sends it again.
+                log.error("%s: a snapshot was interrupted before its pages were written; "
+                          "discarding the copy", db)
+                await self._discard(db)
+                continue
             if txns:
                 await self.apply(db, txns)
                 log.warning("%s: applied TXID %d..%d, logged before an apply failed",
@@ -199,10 +214,11 @@ class ReplicaClient:
 
     async def _session(self, stream: MessageStream) -> None:
         await self._reconcile()
+        self._diverged.clear()  # a Resync sent on an earlier stream is asked again if needed
         await self._handshake(stream)
         self.connected = True
         log.info("replicating from %s (%s, term %d)", self.primary, self.primary_url, self.term)
-        send, receive = trio.open_memory_channel[_Pending](1024)
+        send, receive = trio.open_memory_channel[_Pending](RECEIVE_QUEUE)
         async with open_task_group() as nursery:
             nursery.start_soon(self._apply_loop, receive, stream)
             nursery.start_soon(self._sync_loop, stream)
@@ -262,6 +278,7 @@ class ReplicaClient:
             elif isinstance(msg, Heartbeat):
                 self.primary_positions = dict(msg.positions)
                 self._note_progress()
+                await stream.send(Ack(dict(self._synced)))  # also tells the primary we are alive
             else:
                 raise ProtocolError(f"unexpected {type(msg).__name__} from the primary")
 
@@ -295,6 +312,7 @@ class ReplicaClient:
                     self.store.sync(db)
 
             await trio.to_thread.run_sync(sync)
+            self._synced.update(positions)
             if positions:
                 await stream.send(Ack(positions))
 
@@ -328,16 +346,25 @@ class ReplicaClient:
         db = group[0].db
         if db in self._diverged:
             return  # waiting for the snapshot asked for
-        logged: list[Transaction] = []
-        for txn in group:
-            try:
-                self.store.append(txn)
-            except DivergedError as exc:
-                log.error("%s: %s; stopping this database and asking the primary for a snapshot", db, exc)
-                self._diverged.add(db)
-                await stream.send(Resync(db))
-                break
-            logged.append(txn)
+        def append_all() -> tuple[list[Transaction], DivergedError | None]:
+            logged: list[Transaction] = []
+            for txn in group:
+                try:
+                    self.store.append(txn)
+                except DivergedError as exc:
+                    return logged, exc
+                logged.append(txn)
+            return logged, None
+
+        # Hashing the pages and writing the log: big groups off the trio thread that serves FUSE.
+        if sum(len(t.pages) * t.page_size for t in group) > THREAD_APPEND_BYTES:
+            logged, diverged = await trio.to_thread.run_sync(append_all)
+        else:
+            logged, diverged = append_all()
+        if diverged is not None:
+            log.error("%s: %s; stopping this database and asking the primary for a snapshot", db, diverged)
+            self._diverged.add(db)
+            await stream.send(Resync(db))
         if not logged:
             return
         # Logged (not yet fsynced: _sync_loop does that) before the pages are
@@ -351,6 +378,11 @@ class ReplicaClient:
     async def _forget(self, db: str) -> None:
         """The primary has no database `db`: remove the copy and its log."""
         self._diverged.discard(db)
+        await self._discard(db)
+        log.info("%s: the primary has no such database; removed the local copy", db)
+
+    async def _discard(self, db: str) -> None:
+        """Remove the copy of `db` and its log (the primary then sends what it has)."""
         last = self.store.last(db)
         drop = Transaction(db=db, txid=(last.txid + 1) if last else 1, page_size=4096, commit_size=0,
                            pages={}, timestamp_ns=0, node_id=self.primary or "", pre_checksum=0,
@@ -358,7 +390,7 @@ class ReplicaClient:
         await self.apply(db, [drop])
         await trio.to_thread.run_sync(self.store.forget, db)
         self.applied.pop(db, None)
-        log.info("%s: the primary has no such database; removed the local copy", db)
+        self._synced.pop(db, None)
 
     async def _apply_snapshot(self, txn: Transaction, stream: MessageStream) -> bool:
         """Replace the copy of `txn.db` with the snapshot `txn`; False if its checksum is wrong."""
@@ -366,18 +398,27 @@ class ReplicaClient:
         self._diverged.discard(db)
         if txn.commit_size == 0:
             txn = _drop(txn, txn.txid)
-        try:
-            await trio.to_thread.run_sync(self.store.reset, txn)
-        except DivergedError as exc:
-            log.error("%s: the primary's snapshot does not match its checksum (%s); asking again", db, exc)
-            self._diverged.add(db)
-            await stream.send(Resync(db))
-            return False
-        await self.apply(db, [txn])
+        # Shielded: once the log says "snapshot", its pages must reach the file
+        # (a failure here is caught at the next session by _reconcile).
+        with trio.CancelScope(shield=True):
+            try:
+                await trio.to_thread.run_sync(self.store.reset, txn)
+            except DivergedError as exc:
+                log.error("%s: the primary's snapshot does not match its checksum (%s); asking again", db, exc)
+                self._diverged.add(db)
+                await stream.send(Resync(db))
+                return False
+            await self.apply(db, [txn])
         self.applied[db] = (txn.txid, txn.post_checksum)
         log.info("%s: replaced the local copy with the primary's snapshot at TXID %d (%d pages)",
                  db, txn.txid, len(txn.pages))
         return True
+
+
+def _is_base(txn: Transaction) -> bool:
+    """True for a snapshot's base record in a replica's log (size and checksum, no pages)."""
+    return not txn.dropped and txn.commit_size > 0 and not txn.pages and txn.pre_checksum == 0 \
+        and txn.post_checksum != 0
 
 
 def _drop(txn: Transaction, txid: int) -> Transaction:

@@ -332,6 +332,10 @@ class Store:
         self._dbs[old] = _Db(TransactionLog.open(self._path(old)), None, True)
         self._dbs[new] = _Db(TransactionLog.open(new_path), src.hashes, True)
         self._notify(tombstone)
+        # `new` has another history now: listeners see its last transaction
+        # (replica sessions compare it with what they sent, and resynchronise).
+        if last is not None:
+            self._notify(replace(last, db=new))
 
     def position(self, db: str) -> tuple[int, int] | None:
         """(TXID, post-checksum) of `db`'s last transaction, or None (any thread)."""

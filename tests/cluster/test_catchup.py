@@ -64,11 +64,27 @@ def test_a_replica_away_longer_than_the_retention_gets_a_snapshot(cluster: Clust
     assert first.exists()
 
 
-def test_a_copy_altered_behind_the_daemon_is_replaced_by_a_snapshot(cluster: Cluster) -> None:
+def test_a_copy_altered_behind_the_daemon_is_rewritten_from_its_log(cluster: Cluster) -> None:
     primary = cluster.primary()
     replica = cluster.replica("r1")
+    write_rows(primary, "alt.db", 30, mode="wal")
+    wait_caught_up(primary, [replica], "alt.db")
+    assert replica.stop() == 0
+    with open(replica.data_dir / "alt.db", "r+b") as f:  # behind the daemon's back
+        f.seek(4096 + 200)
+        f.write(b"garbage")
+    replica.start()
+    assert_identical(primary, replica, "alt.db")
+    assert "rewrote it from the log" in replica.log_text()
+
+
+def test_a_copy_altered_behind_the_daemon_is_replaced_by_a_snapshot(cluster: Cluster) -> None:
+    primary = cluster.primary()
+    # A short retention on the replica: its log cannot rewrite the whole copy.
+    replica = cluster.replica("r1", data={"retention": "1s", "retention-monitor-interval": "200ms"})
     write_rows(primary, "alt.db", 30, mode="delete")
     wait_caught_up(primary, [replica], "alt.db")
+    wait_for(lambda: "retention: dropped" in replica.log_text(), 20, "the replica to drop old transactions")
     assert replica.stop() == 0
     conn = sqlite3.connect(replica.data_dir / "alt.db")  # behind the daemon's back
     conn.execute("DELETE FROM t WHERE id < 10")
@@ -113,3 +129,30 @@ def test_dropped_and_recreated_databases_follow(cluster: Cluster) -> None:
     assert_identical(primary, replica, "b.db")
     with sqlite3.connect(replica.mountpoint / "a.db") as conn:
         assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 5
+
+
+def test_a_new_replica_of_a_primary_whose_dropped_database_left_only_its_drop(cluster: Cluster) -> None:
+    primary = cluster.primary(data={"retention": "1s", "retention-monitor-interval": "200ms"})
+    write_rows(primary, "gone.db", 5)
+    for suffix in ("", "-wal", "-shm"):
+        if (primary.mountpoint / f"gone.db{suffix}").exists():
+            os.unlink(primary.mountpoint / f"gone.db{suffix}")
+    write_rows(primary, "kept.db", 5)
+    wait_for(lambda: "retention: dropped" in primary.log_text(), 20, "the primary to drop old transactions")
+    replica = cluster.replica("r1")
+    assert_identical(primary, replica, "kept.db")
+    assert not (replica.mountpoint / "gone.db").exists()
+
+
+def test_a_database_renamed_over_another_follows(cluster: Cluster) -> None:
+    primary = cluster.primary()
+    replica = cluster.replica("r1")
+    write_rows(primary, "live.db", 10, mode="delete")
+    write_rows(primary, "staging.db", 25, mode="delete")
+    wait_caught_up(primary, [replica], "live.db")
+    wait_caught_up(primary, [replica], "staging.db")
+    os.rename(primary.mountpoint / "staging.db", primary.mountpoint / "live.db")
+    wait_for(lambda: not (replica.mountpoint / "staging.db").exists(), 30, "staging.db to go on the replica")
+    assert_identical(primary, replica, "live.db")
+    with sqlite3.connect(replica.mountpoint / "live.db") as conn:
+        assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 25

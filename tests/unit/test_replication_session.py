@@ -169,3 +169,28 @@ async def test_a_replica_without_the_secret_gets_nothing(primary: Primary, caplo
     finally:
         await stream.aclose()
     assert "mallory: authentication failed" in caplog.text
+
+
+async def test_http_api_answers_get_head_and_refuses_garbage(primary: Primary) -> None:
+    host, port = primary.url.removeprefix("http://").split(":")
+
+    async def exchange(data: bytes) -> bytes:
+        stream = await trio.open_tcp_stream(host, int(port))
+        async with stream:
+            await stream.send_all(data)
+            out = b""
+            with trio.fail_after(5):
+                while chunk := await stream.receive_some(65536):
+                    out += chunk
+                    if data.startswith(b"HEAD") and b"\r\n\r\n" in out:
+                        break
+            return out
+
+    got = await exchange(b"GET /info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert got.startswith(b"HTTP/1.1 200") and got.endswith(b"{}\n")
+    head = await exchange(b"HEAD /status HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and head.endswith(b"\r\n\r\n")  # headers only
+    assert (await exchange(b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")).startswith(b"HTTP/1.1 404")
+    assert (await exchange(b"\x16\x03\x01garbage\r\n\r\n")).startswith(b"HTTP/1.1 400")
+    upgrade_missing = await exchange(b"GET /stream HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert upgrade_missing.startswith(b"HTTP/1.1 426")

@@ -242,7 +242,9 @@ def test_rename(store: Store) -> None:
     seen: list[Transaction] = []
     store.add_listener(seen.append)
     store.rename("a.db", "b.db")
-    assert [(t.db, t.txid, t.dropped) for t in seen] == [("a.db", 5, True)]
+    # The old name's drop, then the new name's last transaction (its new history).
+    assert [(t.db, t.txid, t.dropped) for t in seen] == [("a.db", 5, True), ("b.db", 4, False)]
+    assert seen[1].post_checksum == store.position("b.db")[1]  # type: ignore[index]
     assert store.position("a.db") == (5, 0)
     txns = list(store.read("b.db"))
     assert [t.txid for t in txns] == [1, 2, 3, 4] and {t.db for t in txns} == {"b.db"}
