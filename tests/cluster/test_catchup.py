@@ -156,3 +156,20 @@ def test_a_database_renamed_over_another_follows(cluster: Cluster) -> None:
     assert_identical(primary, replica, "live.db")
     with sqlite3.connect(replica.mountpoint / "live.db") as conn:
         assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 25
+
+
+def test_replicas_reconnect_after_the_primary_restarts(cluster: Cluster) -> None:
+    primary = cluster.primary()
+    replicas = [cluster.replica("r1"), cluster.replica("r2")]
+    write_rows(primary, "re.db", 10)
+    wait_caught_up(primary, replicas, "re.db")
+    assert primary.stop() == 0
+    wait_for(lambda: all(not (r.mountpoint / ".primary").exists() for r in replicas), 30,
+             ".primary to go while the primary is down")
+    with sqlite3.connect(replicas[0].mountpoint / "re.db") as conn:  # reads go on meanwhile
+        assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 10
+    primary.start()
+    write_rows(primary, "re.db", 10, start=10)
+    for replica in replicas:
+        assert_identical(primary, replica, "re.db")
+        assert "cannot reach the primary" in replica.log_text() or "ended, reconnecting" in replica.log_text()
