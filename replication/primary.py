@@ -206,6 +206,7 @@ class _Session:
         self.buffered = 0
         self.buffered_bytes = 0
         self.from_log: set[str] = set()  # dbs whose live buffer overflowed
+        self.seen: dict[str, int] = {}  # the last TXID the listener saw per db
         self.resync: set[str] = set()
         self.wake = trio.Event()
         self._token = trio.lowlevel.current_trio_token()
@@ -219,6 +220,15 @@ class _Session:
             self._token.run_sync_soon(self._on_txn, txn)
 
     def _on_txn(self, txn: Transaction) -> None:
+        seen = self.seen.get(txn.db)
+        self.seen[txn.db] = txn.txid
+        if seen is not None and txn.txid <= seen:
+            # TXIDs of one database only grow: another history took the
+            # name (a database renamed over it). The replica needs a snapshot.
+            self._unbuffer(txn.db)
+            self.resync.add(txn.db)
+            self.wake.set()
+            return
         size = len(txn.pages) * txn.page_size
         if (txn.db in self.from_log or self.buffered >= MAX_BUFFERED_TXNS
                 or self.buffered_bytes + size > MAX_BUFFERED_BYTES):
@@ -270,6 +280,7 @@ class _Session:
             if replica != (0, 0):
                 await self._send_forget(db)
             return
+        self.seen.setdefault(db, last.txid)
         if replica == (last.txid, last.post_checksum):
             self.sent[db] = replica
         elif replica[0] < last.txid and await self._log_reaches(db, replica):

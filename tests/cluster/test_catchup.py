@@ -173,3 +173,16 @@ def test_replicas_reconnect_after_the_primary_restarts(cluster: Cluster) -> None
     for replica in replicas:
         assert_identical(primary, replica, "re.db")
         assert "cannot reach the primary" in replica.log_text() or "ended, reconnecting" in replica.log_text()
+
+
+def test_a_database_renamed_over_one_with_a_longer_history_follows(cluster: Cluster) -> None:
+    primary = cluster.primary()
+    replica = cluster.replica("r1")
+    write_rows(primary, "live.db", 40, mode="delete")
+    write_rows(primary, "staging.db", 5, mode="delete")
+    wait_caught_up(primary, [replica], "live.db")
+    wait_caught_up(primary, [replica], "staging.db")
+    os.rename(primary.mountpoint / "staging.db", primary.mountpoint / "live.db")
+    assert_identical(primary, replica, "live.db")
+    with sqlite3.connect(replica.mountpoint / "live.db") as conn:
+        assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 5
