@@ -29,7 +29,7 @@ from pylitefs import __version__
 from pylitefs.config import Config, parse_addr
 from pylitefs.http import HttpServer, StreamHandler
 from pylitefs.startup import recover_databases, recover_replica_databases
-from replication.primary import PrimaryServer
+from replication.primary import PrimaryServer, SnapshotSource
 from replication.replica import ReplicaClient
 from replication.store import Store, StoreError
 from replication.txn import Transaction
@@ -218,7 +218,7 @@ async def run(config: Config, *, capture: bool = True) -> None:
                 store.close()
 
 
-def _snapshot_source(options: MountOptions, access: Access, store: Store):  # type: ignore[no-untyped-def]
+def _snapshot_source(options: MountOptions, access: Access, store: Store) -> SnapshotSource:
     """The primary's way of taking a consistent copy of a database, for replicas."""
 
     async def snapshot(db: str) -> tuple[bytes, tuple[int, int] | None]:

@@ -40,7 +40,6 @@ from replication.wire import (
     Forget,
     Heartbeat,
     Hello,
-    Message,
     ProtocolError,
     Refused,
     Resync,
@@ -275,7 +274,7 @@ class _Session:
 
     async def _start_db(self, db: str, replica: tuple[int, int]) -> None:
         """Decide how `db` reaches the replica: nothing to do, from the log, or a snapshot."""
-        last = self.store.last(db) if db in self.store.databases() else None
+        last = self.store.last(db)
         if last is None:
             if replica != (0, 0):
                 await self._send_forget(db)
@@ -401,7 +400,7 @@ class _Session:
             log.warning("cannot take a snapshot of %s for %s, retrying: %s", db, self.state.node_id, exc)
             self._retry_snapshot(db)
             return
-        last = self.store.last(db) if db in self.store.databases() else None
+        last = self.store.last(db)
         if last is None:
             await self._send_forget(db)
             return

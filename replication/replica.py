@@ -384,10 +384,7 @@ class ReplicaClient:
     async def _discard(self, db: str) -> None:
         """Remove the copy of `db` and its log (the primary then sends what it has)."""
         last = self.store.last(db)
-        drop = Transaction(db=db, txid=(last.txid + 1) if last else 1, page_size=4096, commit_size=0,
-                           pages={}, timestamp_ns=0, node_id=self.primary or "", pre_checksum=0,
-                           post_checksum=0, dropped=True)
-        await self.apply(db, [drop])
+        await self.apply(db, [_drop(db, (last.txid + 1) if last else 1, node_id=self.primary or "")])
         await trio.to_thread.run_sync(self.store.forget, db)
         self.applied.pop(db, None)
         self._synced.pop(db, None)
@@ -397,7 +394,7 @@ class ReplicaClient:
         db = txn.db
         self._diverged.discard(db)
         if txn.commit_size == 0:
-            txn = _drop(txn, txn.txid)
+            txn = _drop(db, txn.txid, page_size=txn.page_size, node_id=txn.node_id)
         # Shielded: once the log says "snapshot", its pages must reach the file
         # (a failure here is caught at the next session by _reconcile).
         with trio.CancelScope(shield=True):
@@ -421,11 +418,10 @@ def _is_base(txn: Transaction) -> bool:
         and txn.post_checksum != 0
 
 
-def _drop(txn: Transaction, txid: int) -> Transaction:
-    """A transaction that deletes `txn.db`, as TXID `txid`."""
-    return Transaction(db=txn.db, txid=txid, page_size=txn.page_size, commit_size=0, pages={},
-                       timestamp_ns=txn.timestamp_ns, node_id=txn.node_id, pre_checksum=0,
-                       post_checksum=0, dropped=True)
+def _drop(db: str, txid: int, *, page_size: int = 4096, node_id: str = "") -> Transaction:
+    """A transaction that deletes `db`, as TXID `txid`."""
+    return Transaction(db=db, txid=txid, page_size=page_size, commit_size=0, pages={},
+                       timestamp_ns=0, node_id=node_id, pre_checksum=0, post_checksum=0, dropped=True)
 
 
 def _reason(exc: BaseException) -> str:

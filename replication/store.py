@@ -255,8 +255,15 @@ class Store:
         _fsync_dir(self.logs_dir)
 
     def last(self, db: str) -> Transaction | None:
-        """The last logged transaction of `db` (opening its log if needed), or None."""
-        state = self._dbs.get(db) or self._open(db)
+        """The last logged transaction of `db` (opening its log if needed), or None.
+
+        Never creates a log: None also for a database the store has never seen.
+        """
+        state = self._dbs.get(db)
+        if state is None:
+            if not os.path.exists(self._path(db)):
+                return None
+            state = self._open(db)
         return state.log.last
 
     def positions(self) -> dict[str, tuple[int, int]]:

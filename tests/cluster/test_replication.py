@@ -9,14 +9,13 @@ position and checksum, and byte-identical.
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from pylitefs.cluster import Cluster, committed_image, wait_caught_up, wait_for
+from pylitefs.cluster import Cluster, committed_image, wait_caught_up
 from tests.conftest import integrity
 from tests.sqlite_workload import run_workload
 
