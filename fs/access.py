@@ -11,12 +11,20 @@ the *thread* that made the system call (the kernel's `task_pid`, i.e.
 `threading.get_native_id()`), not the process id. Registering thread ids
 therefore identifies exactly the daemon's applying threads, never its other
 threads nor another process.
+
+Lease fence (DESIGN §7): a primary accepts application writes only until
+`writable_until` (a `time.monotonic()` instant the node moves forward at
+each lease renewal). Past it, `writable()` is False although `primary` is
+still True (the node has not noticed yet), and the mount refuses writes
+exactly as a replica does.
 """
 
 from __future__ import annotations
 
 import enum
+import math
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,14 +51,22 @@ class ClusterStatus(Protocol):
 class Access:
     """Whether this node's mount accepts application writes (primary) and which threads are the daemon's own.
 
-    `primary` may change at any time (failover); the mount reads it at each
-    decision.
+    `primary` and `writable_until` may change at any time (failover, lease
+    renewal); the mount reads them at each decision. Both are plain
+    attributes, set by the node.
     """
 
-    def __init__(self, primary: bool = True) -> None:
+    def __init__(self, primary: bool = True, writable_until: float = math.inf) -> None:
         self.primary = primary
+        #: `time.monotonic()` instant after which application writes are refused
+        #: even while `primary` (the lease's fence); infinite without a lease.
+        self.writable_until = writable_until
         self._lock = threading.Lock()
         self._threads: Counter[int] = Counter()
+
+    def writable(self) -> bool:
+        """True while application writes are accepted: primary, and the lease's deadline not passed."""
+        return self.primary and time.monotonic() < self.writable_until
 
     def privileged(self, pid: int) -> bool:
         """True if a FUSE request with this `ctx.pid` came from a registered daemon thread."""

@@ -53,6 +53,24 @@ database SHARED lock (and their WAL mode), so rollback-mode applies wait
 A transaction with `dropped=True` deletes the database and its companions.
 Nothing is fsynced: the node logs and fsyncs transactions before applying
 them and re-applies them after a crash.
+
+`Applier.settle(db, data_dir_fd)` is for a primary that was just fenced or
+demoted, before anything is applied: an application's transaction may have
+been cut in the middle (a hot `-journal` and a partly written database in
+rollback mode; uncommitted frames in the WAL), and the WAL holds committed
+frames not yet checkpointed, which the applier (database file only, WAL
+empty) would ignore. Under the writer locks of the file's current mode (as
+`apply`), settle computes the committed content from the data dir
+(`fs.recovery.committed_content`, hot journal undone, committed WAL frames
+applied), writes through the mount only the pages that differ and cuts the
+file to its size, fsyncs it, then empties the WAL (kept, empty, while the
+database is in WAL mode), removes the journal, and publishes the wal-index
+header (mxFrame 0, nPage). The fsync comes first so that a crash leaves
+either the journal/WAL that recovery replays to the same content, or the
+content itself. A database with no `-journal` and an empty or absent WAL is
+left untouched (nothing written, no lock taken). It must be called once the
+mount refuses application writes (`Access.writable()` False): then nothing
+but the daemon changes the files.
 """
 
 from __future__ import annotations
@@ -68,7 +86,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from fs.access import Access
-from fs.formats import FormatError
+from fs.formats import FormatError, is_valid_page_size, lock_page
 from fs.formats.dbheader import JOURNAL_MODE_WAL
 from fs.formats.shm import (
     INDEX_HEADER_SIZE,
@@ -80,6 +98,7 @@ from fs.formats.shm import (
 )
 from fs.locks import DEFAULT_LOCK_TIMEOUT, SHARED, SHM_DMS, acquire, rollback_reader, rollback_writer, wal_writer
 from fs.names import Kind, classify
+from fs.recovery import committed_content
 
 if TYPE_CHECKING:  # fs does not depend on replication at run time
     from replication.txn import Transaction
@@ -93,6 +112,8 @@ _READ_VERSION_OFFSET = 19
 #: Pages per pwritev call (well under IOV_MAX, 1024).
 _MAX_IOV = 256
 _FILE_MODE = 0o644
+#: Bytes compared and rewritten at a time by `settle` when the content states no page size.
+_FALLBACK_CHUNK = 4096
 
 
 class ApplyError(Exception):
@@ -173,11 +194,12 @@ class _ShmUpdate:
         assert target.shm_fd is not None
         self._target = target
         self._fd = target.shm_fd
-        self._n_page = n_page
+        #: The database's size in pages once applied; may be set until `publish`.
+        self.n_page = n_page
         self._read = False
         self._old: WalIndexHeader | None = None
         self._ckpt: CheckpointInfo | None = None  # None: already as after_restart
-        self._fenced = False
+        self._fenced: WalIndexHeader | None = None  # what `fence` wrote into copy 1
 
     def _load(self) -> None:
         """The header now in the `-shm`: the one the applier last published, else read."""
@@ -203,8 +225,9 @@ class _ShmUpdate:
         if old is None:
             return None
         self._target.shm_header = None  # until published
-        os.pwrite(self._fd, old.after_apply(self._n_page).to_bytes(), INDEX_HEADER_SIZE)
-        self._fenced = True
+        fenced = old.after_apply(self.n_page)
+        os.pwrite(self._fd, fenced.to_bytes(), INDEX_HEADER_SIZE)
+        self._fenced = fenced
 
         def undo() -> None:
             os.pwrite(self._fd, old.to_bytes(), INDEX_HEADER_SIZE)
@@ -217,15 +240,17 @@ class _ShmUpdate:
         self._load()
         if self._old is None:
             return
-        new = self._old.after_apply(self._n_page)
+        new = self._old.after_apply(self.n_page)
         one = new.to_bytes()
         self._target.shm_header = None
         if self._ckpt is not None:
             os.pwrite(self._fd, one + one + self._ckpt.after_restart().to_bytes(), 0)
-        elif self._fenced:
+        elif self._fenced == new:
             os.pwrite(self._fd, one, 0)
         else:
-            # No reader could take a READ lock since before: one write, both copies.
+            # Not fenced (no reader could take a READ lock since before), or
+            # fenced with another nPage (settle learns it after the locks):
+            # one write, both copies.
             os.pwrite(self._fd, one + one, 0)
         self._target.shm_header = new
 
@@ -269,6 +294,82 @@ class Applier:
                     run.append(txn)
             if run:
                 self._apply_run(db, merge(run))
+
+    def settle(self, db: str, data_dir_fd: int) -> bytes:
+        """Make `db`'s file in the mount hold exactly its committed content; return that content.
+
+        For a node that was just fenced (see the module docstring): a hot
+        journal is rolled back, committed WAL frames are written into the
+        database file, and the WAL is emptied. `data_dir_fd` is the data
+        dir, where the committed content is read (`fs.recovery`). A database
+        that does not exist is b"" (a leftover `-journal` or `-wal` of it is
+        removed). Raises LockTimeout or OSError as `apply` does; settling
+        again after an error is safe.
+        """
+        if classify(db).kind is not Kind.DATABASE:
+            raise ApplyError(f"{db!r} is not a database name")
+        with self._mutex, self._access.thread():
+            # Reopen: whatever the applier knew of the file predates the primary's term.
+            target = self._targets.pop(db, None)
+            if target is not None:
+                target.close()
+            if not _exists(data_dir_fd, db):
+                for name in (f"{db}-journal", f"{db}-wal"):
+                    if _exists(data_dir_fd, name):
+                        _unlink_quietly(self._path(name))
+                return b""
+            if not _exists(data_dir_fd, f"{db}-journal") and _size(data_dir_fd, f"{db}-wal") == 0:
+                # Nothing to undo nor to move: nothing can change it while fenced.
+                return committed_content(data_dir_fd, db).image
+            return self._settle(db, data_dir_fd)
+
+    def _settle(self, db: str, data_dir_fd: int) -> bytes:
+        target = self._target(db)
+        target.journal_checked = True  # removed below
+        shm: _ShmUpdate | None = None
+        lock: AbstractContextManager[None]
+        if target.wal_mode:
+            self._open_shm(db, target)
+            assert target.shm_fd is not None
+            shm = _ShmUpdate(target, 0)  # nPage known once the content is read, under the locks
+            lock = _wal_apply_locks(target.fd, target.shm_fd, self._lock_timeout, shm)
+        else:
+            lock = rollback_writer(target.fd, self._lock_timeout)
+        try:
+            with lock:
+                rec = committed_content(data_dir_fd, db, undo_hot_journal=True)
+                image = rec.image
+                page_size = rec.page_size if is_valid_page_size(rec.page_size) else _FALLBACK_CHUNK
+                pages = _changed_pages(rec.database_file, image, page_size)
+                if pages:
+                    _write_pages(target.fd, page_size, pages)
+                if len(image) != len(rec.database_file):
+                    os.ftruncate(target.fd, len(image))
+                if pages or len(image) != len(rec.database_file):
+                    os.fsync(target.fd)  # before the journal or the WAL that could redo it goes
+                target.size = len(image)
+                final_wal = _says_wal(image[:_READ_VERSION_OFFSET + 1])
+                wal = self._path(f"{db}-wal")
+                if target.wal_exists and not final_wal:
+                    _unlink_quietly(wal)
+                    target.wal_exists = False
+                elif target.wal_exists and os.stat(wal).st_size:
+                    os.truncate(wal, 0)
+                elif final_wal and not target.wal_exists:
+                    os.close(os.open(wal, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE))
+                    target.wal_exists = True
+                _unlink_quietly(self._path(f"{db}-journal"))
+                if shm is not None:
+                    shm.n_page = len(image) // page_size
+                    shm.publish()
+                target.wal_mode = final_wal
+        except BaseException:
+            self._targets.pop(db, None)
+            target.close()
+            raise
+        log.info("%s: settled to its committed content (%d pages rewritten, %d bytes)",
+                 db, len(pages), len(image))
+        return image
 
     def forget(self, db: str) -> None:
         """Close `db`'s descriptors (e.g. before something else than the applier changes it)."""
@@ -389,6 +490,34 @@ def _wal_apply_locks(db_fd: int, shm_fd: int, timeout: float, shm: _ShmUpdate) -
     with rollback_reader(db_fd, timeout), \
             wal_writer(shm_fd, max(0.0, deadline - time.monotonic()), fence=shm.fence, take_dms=False):
         yield
+
+
+def _exists(dir_fd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _size(dir_fd: int, name: str) -> int:
+    """The size of `name` in the data dir, 0 if it does not exist."""
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _changed_pages(old: bytes, new: bytes, page_size: int) -> dict[int, bytes]:
+    """The pages of `new` whose bytes differ from `old` (page by page), never the lock page."""
+    skip = lock_page(page_size) if is_valid_page_size(page_size) else 0
+    pages = {}
+    for pgno in range(1, (len(new) + page_size - 1) // page_size + 1):
+        start = (pgno - 1) * page_size
+        page = new[start : start + page_size]
+        if pgno != skip and old[start : start + page_size] != page:
+            pages[pgno] = page
+    return pages
 
 
 def _says_wal(page1: bytes | None) -> bool:

@@ -5,13 +5,18 @@ domain errors (`fs.errors.FsError`) and `OSError` become `FUSEError` with their
 errno; anything else is logged once with its traceback and becomes `EIO`, so
 no exception can reach pyfuse3's main loop.
 
-Replica policy (DESIGN §5): while `access.primary` is False, application
+Replica policy (DESIGN §5): while `access.writable()` is False (a replica,
+or a primary past its lease's deadline, the fence of DESIGN §7), application
 requests follow `fs.access.replica_refusal` (databases are opened read-write
 but never written; journals and WALs are never created, opened for writing
 or removed; `-shm` is free). Requests from the daemon's own registered
 threads (`Access.thread()`, how `fs.apply` writes transactions through the
 mount) are always passed through, never captured. Whether a write is allowed
-is decided at each request, so a failover takes effect on open files at once.
+— and so captured — is decided once per request (`_write_access`), so a
+failover or a passed deadline takes effect on open files at once, and no
+request can be allowed as a primary's yet miss capture. `fsync` and
+`fsyncdir` keep making the log durable while `access.primary`, deadline or
+not (syncing what was captured is always harmless).
 
 Virtual files: `<db>-pos` (the database's position), and at the root, when a
 `ClusterStatus` is given, `.lag` (milliseconds) and, on a replica,
@@ -121,7 +126,7 @@ class Operations(pyfuse3.Operations):
         """Serve `data_dir`.
 
         With a `sink`, every transaction committed through the mount while
-        `access.primary` is captured into it, and `<db>-pos` files show
+        `access.writable()` is captured into it, and `<db>-pos` files show
         `sink.position(db)`. Without `access`, the mount is a primary. With a
         `status`, the root holds `.lag` and (on a replica) `.primary`.
         """
@@ -150,19 +155,35 @@ class Operations(pyfuse3.Operations):
     def _privileged(self, ctx: pyfuse3.RequestContext | None) -> bool:
         return ctx is not None and self._access.privileged(ctx.pid)
 
-    def _check(self, op: Op, kind: Kind, privileged: bool) -> None:
-        """Raise the replica's refusal of `op` on a `kind` file, unless it is allowed."""
-        if privileged or self._access.primary:
-            return
-        refusal = replica_refusal(op, kind)
-        if refusal is not None:
-            raise refusal
+    def _write_access(self, ops: Op | tuple[Op, ...], kind: Kind, privileged: bool) -> Capture | None:
+        """The one decision on a request that changes a `kind` file: allowed and captured, or not.
 
-    def _capture_for(self, privileged: bool) -> Capture | None:
-        """Capture, for a request made by an application on the primary; else None."""
-        if privileged or not self._access.primary:
+        - privileged (the daemon's own threads): allowed, never captured: None;
+        - `access.writable()` (primary within its deadline): allowed and
+          captured: the Capture (None without a sink);
+        - otherwise the replica policy: raise `replica_refusal` of the first
+          of `ops` that is refused, else allowed uncaptured: None.
+        """
+        if privileged:
             return None
-        return self._capture
+        if self._access.writable():
+            return self._capture
+        for op in (ops,) if isinstance(ops, Op) else ops:
+            refusal = replica_refusal(op, kind)
+            if refusal is not None:
+                raise refusal
+        return None
+
+    def reset_capture(self) -> None:
+        """Forget what capture knew of every database: it reloads it from the files when next needed.
+
+        For the node becoming primary again after being a replica: the
+        applier's writes bypassed capture, so its per-database state (journal
+        header, WAL tracker, mode) is stale. Call on the thread serving the
+        mount, before the node becomes writable.
+        """
+        if self._sink is not None:
+            self._capture = Capture(self._sink, self._dir_fd)
 
     # ----------------------------------------------------------- attributes
 
@@ -343,12 +364,11 @@ class Operations(pyfuse3.Operations):
             raise NotPermitted("files served by pylitefs are read-only")
         handle = self._handles.get(fh) if fh is not None else None
         privileged = (handle is not None and handle.privileged) or self._privileged(ctx)
-        if fields.update_size:
-            self._check(Op.TRUNCATE, node.kind, privileged)
+        ops: tuple[Op, ...] = (Op.TRUNCATE,) if fields.update_size else ()
         if fields.update_mode or fields.update_uid or fields.update_gid or fields.update_atime \
                 or fields.update_mtime:
-            self._check(Op.CHANGE, node.kind, privileged)
-        capture = self._capture_for(privileged)
+            ops += (Op.CHANGE,)
+        capture = self._write_access(ops, node.kind, privileged)
         if fields.update_size:
             if isinstance(target, int):
                 self._truncate(node, target, attr.st_size, capture)
@@ -417,9 +437,7 @@ class Operations(pyfuse3.Operations):
         fname = classify(os.fsdecode(name))
         if fname.kind is Kind.POSITION:
             raise NotPermitted("position files cannot be deleted")
-        privileged = self._privileged(ctx)
-        self._check(Op.REMOVE, fname.kind, privileged)
-        capture = self._capture_for(privileged)
+        capture = self._write_access(Op.REMOVE, fname.kind, self._privileged(ctx))
         if capture is not None and fname.kind is Kind.JOURNAL:
             capture.journal_unlink(fname.database)
         os.unlink(fname.name, dir_fd=self._dir_fd)
@@ -447,9 +465,7 @@ class Operations(pyfuse3.Operations):
             raise NotPermitted(f"cannot rename a {old.kind.value} file to a {new.kind.value} name")
         if old.kind is Kind.POSITION:
             raise NotPermitted("position files cannot be renamed")
-        privileged = self._privileged(ctx)
-        self._check(Op.REMOVE, old.kind, privileged)
-        capture = self._capture_for(privileged)
+        capture = self._write_access(Op.REMOVE, old.kind, self._privileged(ctx))
         if flags & pyfuse3.RENAME_EXCHANGE:
             raise Unsupported("RENAME_EXCHANGE is not supported")
         if flags & pyfuse3.RENAME_NOREPLACE:
@@ -472,14 +488,14 @@ class Operations(pyfuse3.Operations):
         if node.kind in (Kind.POSITION, Kind.STATUS):
             return self._open_virtual(node.name, flags)
         privileged = self._privileged(ctx)
-        if flags & os.O_ACCMODE != os.O_RDONLY:
-            self._check(Op.OPEN_WRITE, node.kind, privileged)
+        ops: tuple[Op, ...] = (Op.OPEN_WRITE,) if flags & os.O_ACCMODE != os.O_RDONLY else ()
         if flags & os.O_TRUNC:
-            self._check(Op.TRUNCATE, node.kind, privileged)
+            ops += (Op.TRUNCATE,)
+        capture = self._write_access(ops, node.kind, privileged) if ops else None
         fd = os.open(node.name.name, flags & ~_STRIP_OPEN_FLAGS, dir_fd=self._dir_fd)
         if flags & os.O_TRUNC:  # libfuse asks for atomic O_TRUNC: it arrives here
             try:
-                self._truncate(node, fd, 0, self._capture_for(privileged))
+                self._truncate(node, fd, 0, capture)
             except BaseException:
                 os.close(fd)
                 raise
@@ -496,7 +512,7 @@ class Operations(pyfuse3.Operations):
         if not stat.S_ISREG(mode):
             raise NotPermitted("the mount holds only regular files")
         privileged = self._privileged(ctx)
-        self._check(Op.CREATE, fname.kind, privileged)
+        self._write_access(Op.CREATE, fname.kind, privileged)
         open_flags = (flags & ~_STRIP_OPEN_FLAGS) | os.O_CREAT | (flags & os.O_EXCL)
         fd = os.open(fname.name, open_flags, stat.S_IMODE(mode), dir_fd=self._dir_fd)
         try:
@@ -525,10 +541,9 @@ class Operations(pyfuse3.Operations):
         handle = self._handles[fh]
         inode = handle.inode
         kind = inode.kind
-        self._check(Op.WRITE, kind, handle.privileged)
+        capture = self._write_access(Op.WRITE, kind, handle.privileged)
         if off < len(SQLITE_MAGIC) and kind is Kind.DATABASE:
             _check_database_header(off, buf)
-        capture = self._capture_for(handle.privileged)
         if capture is None or inode.name is None:
             return os.pwrite(fh, buf, off)
         db = inode.name.database
@@ -555,7 +570,8 @@ class Operations(pyfuse3.Operations):
             return
         handle = self._handles[fh]
         inode = handle.inode
-        capture = self._capture_for(handle.privileged)
+        # Syncing the log is harmless past the deadline: whenever primary.
+        capture = self._capture if self._access.primary and not handle.privileged else None
         db = inode.name.database if capture is not None and inode.name is not None else None
 
         def flush() -> None:

@@ -13,7 +13,8 @@ import trio
 
 from fs.mount import MountError
 from pylitefs import __version__, node, tools
-from pylitefs.config import Config, ConfigError, load, with_overrides
+from pylitefs.admin import AdminError, admin_call
+from pylitefs.config import Config, ConfigError, load, parse_addr, with_overrides
 
 log = logging.getLogger("pylitefs")
 
@@ -51,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
             tool.add_argument("--txid", type=int, help="TXID to export (default: the last)")
             tool.add_argument("file", metavar="FILE", help="where to write the copy")
         tool.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    handoff = sub.add_parser("handoff", help="on the primary: pass the lease to a caught-up candidate")
+    handoff.add_argument("--config", "-config", metavar="FILE", help="config file (for http.addr and the secret)")
+    handoff.add_argument("--to", metavar="NODE", help="the candidate to hand over to (default: the most caught up)")
+    handoff.add_argument("--url", metavar="URL", help="the node's HTTP address (default: from http.addr)")
+    handoff.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
 
 
@@ -64,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.command == "mount":
         return _mount(args)
+    if args.command == "handoff":
+        return _handoff(args)
     return _tool(args)
 
 
@@ -93,6 +101,24 @@ def _tool(args: argparse.Namespace) -> int:
     except tools.ToolError as exc:
         print(f"pylitefs: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    return 0
+
+
+def _handoff(args: argparse.Namespace) -> int:
+    config = _config(args)
+    if config is None:
+        return EXIT_USAGE
+    host, port = parse_addr(config.http.addr)
+    url = args.url or f"http://{host if host not in ('', '0.0.0.0', '::') else '127.0.0.1'}:{port}"
+    try:
+        status, payload = admin_call(url, "/handoff", {"to": args.to} if args.to else {}, config.secret)
+    except AdminError as exc:
+        print(f"pylitefs: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    if status != 200:
+        print(f"pylitefs: handoff refused: {payload.get('error', status)}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"handed off to {payload['handoff']}")
     return 0
 
 

@@ -72,6 +72,13 @@ class Node(MountProcess):
         with urllib.request.urlopen(self.url + path, timeout=10) as resp:
             return json.loads(resp.read())
 
+    def role(self) -> str | None:
+        """"primary" or "replica" as the node's /info says; None if it does not answer."""
+        try:
+            return str(self.http("/info")["role"])
+        except (OSError, ValueError, KeyError):
+            return None
+
 
 class Cluster:
     """Creates nodes under `root`; every one is stopped by `stop()`."""
@@ -112,6 +119,27 @@ class Cluster:
             node.start()
         return node
 
+    def etcd_node(self, name: str, endpoints: list[str], *, candidate: bool = True, ttl: str = "2s",
+                  prefix: str = "/pylitefs/", start: bool = True, port: int | None = None,
+                  **sections: dict[str, Any]) -> Node:
+        """A node of an etcd-leased cluster (lease.type: etcd) using the etcd at `endpoints`."""
+        port = port or free_port()
+        lease = {"type": "etcd", "candidate": candidate, "hostname": name,
+                 "advertise-url": f"http://127.0.0.1:{port}",
+                 "etcd": {"endpoints": list(endpoints), "ttl": ttl, "timeout": "500ms", "prefix": prefix}}
+        lease.update(sections.pop("lease", {}))
+        path = self.config(name, port, candidate=candidate, **sections)
+        cfg = yaml.safe_load(path.read_text())
+        cfg["lease"] = lease
+        path.write_text(yaml.safe_dump(cfg))
+        node = Node(mountpoint=self.root / name / "mnt", data_dir=self.root / name / "data",
+                    log_path=self.root / name / "pylitefs.log", extra_args=["--config", str(path)])
+        node.name, node.port, node.config_path = name, port, path
+        self.nodes.append(node)
+        if start:
+            node.start()
+        return node
+
     def primary(self, name: str = "primary", **sections: dict[str, Any]) -> Node:
         return self.node(name, candidate=True, **sections)
 
@@ -122,6 +150,15 @@ class Cluster:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+
+
+def wait_primary(nodes: list[Node], timeout: float = 30) -> Node:
+    """Wait until exactly one of the running `nodes` says it is primary; return it."""
+    def one() -> Node | None:
+        primaries = [n for n in nodes if n.alive() and n.role() == "primary"]
+        return primaries[0] if len(primaries) == 1 else None
+
+    return wait_for(one, timeout, "one primary among " + ", ".join(n.name for n in nodes))
 
 
 def wait_caught_up(primary: Node, replicas: list[Node], db: str, timeout: float = 60) -> tuple[int, int]:

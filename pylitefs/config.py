@@ -28,7 +28,8 @@ DEFAULT_DATA_DIR = "/var/lib/litefs"
 DEFAULT_HTTP_ADDR = ":20202"
 #: Environment variable read for the cluster secret when `cluster.secret` is not set.
 SECRET_ENV = "PYLITEFS_CLUSTER_SECRET"
-LEASE_TYPES = ("static",)
+LEASE_TYPES = ("static", "etcd")
+DEFAULT_ETCD_ENDPOINTS = ("http://127.0.0.1:2379",)
 
 
 class ConfigError(Exception):
@@ -66,20 +67,48 @@ class DataConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class LeaseConfig:
-    """`lease:` — who is primary. A static lease names a fixed primary, as LiteFS's does.
+class EtcdConfig:
+    """`lease.etcd:` — the etcd cluster that holds the primary's lease (lease.type: etcd)."""
 
-    Every node's `advertise-url` is the primary's URL; the primary itself has
-    `candidate: true`. No `lease` section at all: a single static primary.
+    endpoints: tuple[str, ...] = DEFAULT_ETCD_ENDPOINTS
+    #: Every key of this cluster lives under it (README: "etcd key layout").
+    prefix: str = "/pylitefs/"
+    #: The primary key, under the prefix.
+    key: str = "primary"
+    #: The lease's time to live: how long a dead primary keeps the lease.
+    ttl: Duration = Duration(10.0)
+    #: Deadline of one etcd call.
+    timeout: Duration = Duration(2.0)
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    username: str = ""
+    password: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseConfig:
+    """`lease:` — who is primary.
+
+    `static` (as LiteFS's): a fixed primary, the node with `candidate: true`;
+    every replica's `advertise-url` is the primary's URL. No `lease` section
+    at all: a single static primary.
+
+    `etcd`: candidates compete for a key bound to an etcd lease; whoever holds
+    it is primary, the others follow it. `advertise-url` is this node's own
+    URL, published for the others when it is primary.
     """
 
     type: str = "static"
-    #: This node is the primary (static lease).
+    #: static: this node is the primary; etcd: this node may become primary.
     candidate: bool = True
     #: This node's name, shown in `.primary` on replicas (default: the host name).
     hostname: str = ""
-    #: The primary's URL, e.g. http://primary:20202 (default on the primary: derived from http.addr).
+    #: static: the primary's URL (replicas); etcd: this node's URL. Default: derived from http.addr.
     advertise_url: str = ""
+    #: etcd: once caught up, ask the current primary to hand the lease over to this candidate.
+    promote: bool = False
+    etcd: EtcdConfig = field(default_factory=EtcdConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +157,14 @@ class Config:
         host, port = parse_addr(self.http.addr)
         return f"http://{host if host not in ('', '0.0.0.0', '::') else 'localhost'}:{port}"
 
+    @property
+    def own_url(self) -> str:
+        """This node's base URL as other nodes reach it (etcd lease): lease.advertise-url, or from http.addr."""
+        if self.lease.advertise_url:
+            return self.lease.advertise_url.rstrip("/")
+        host, port = parse_addr(self.http.addr)
+        return f"http://{host if host not in ('', '0.0.0.0', '::') else self.hostname}:{port}"
+
     def validate(self) -> Config:
         """Return self, or raise ConfigError for contradictory settings."""
         if not self.fuse.dir:
@@ -150,7 +187,9 @@ class Config:
             parse_addr(self.http.addr)
         except ValueError as exc:
             raise ConfigError(f"'http.addr': {exc}") from None
-        if not self.lease.candidate:
+        if self.lease.type == "etcd":
+            self._validate_etcd()
+        elif not self.lease.candidate:
             if not self.lease.advertise_url:
                 raise ConfigError("lease.advertise-url must name the primary's URL on a replica "
                                   "(lease.candidate: false)")
@@ -162,6 +201,33 @@ class Config:
                 raise ConfigError(f"a replica needs the cluster secret: set cluster.secret or ${SECRET_ENV}")
         return self
 
+    def _validate_etcd(self) -> None:
+        etcd = self.lease.etcd
+        if not etcd.endpoints:
+            raise ConfigError("lease.etcd.endpoints must name at least one etcd endpoint")
+        for endpoint in etcd.endpoints:
+            try:
+                parse_url(endpoint, schemes=("http", "https"))
+            except ValueError as exc:
+                raise ConfigError(f"'lease.etcd.endpoints': {exc}") from None
+        if etcd.ttl < 1:
+            raise ConfigError("lease.etcd.ttl must be at least 1s (etcd grants whole seconds)")
+        if etcd.timeout <= 0 or etcd.timeout >= etcd.ttl:
+            raise ConfigError("lease.etcd.timeout must be more than 0 and less than lease.etcd.ttl")
+        if not etcd.key or "/" in etcd.key:
+            raise ConfigError("lease.etcd.key must be a non-empty name without '/'")
+        if not etcd.prefix.startswith("/"):
+            raise ConfigError("lease.etcd.prefix must start with '/'")
+        if bool(etcd.tls_cert) != bool(etcd.tls_key):
+            raise ConfigError("lease.etcd.tls-cert and lease.etcd.tls-key go together")
+        if self.lease.advertise_url:
+            try:
+                parse_url(self.lease.advertise_url)
+            except ValueError as exc:
+                raise ConfigError(f"'lease.advertise-url': {exc}") from None
+        if not self.secret:
+            raise ConfigError(f"an etcd-leased node needs the cluster secret: set cluster.secret or ${SECRET_ENV}")
+
 
 def parse_addr(addr: str) -> tuple[str, int]:
     """(host, port) of a listen address `host:port` or `:port`; ValueError if malformed."""
@@ -171,13 +237,13 @@ def parse_addr(addr: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def parse_url(url: str) -> tuple[str, int]:
-    """(host, port) of an http:// URL (port 80 when absent); ValueError if malformed."""
+def parse_url(url: str, schemes: tuple[str, ...] = ("http",)) -> tuple[str, int]:
+    """(host, port) of a URL with one of `schemes` (default port 80/443); ValueError if malformed."""
     parts = urllib.parse.urlsplit(url)
-    if parts.scheme != "http" or not parts.hostname:
-        raise ValueError(f"not an http:// URL with a host: {url!r}")
+    if parts.scheme not in schemes or not parts.hostname:
+        raise ValueError(f"not an {' or '.join(s + '://' for s in schemes)} URL with a host: {url!r}")
     try:
-        port = parts.port or 80
+        port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
         raise ValueError(f"bad port in {url!r}") from None
     return parts.hostname, port
@@ -316,4 +382,9 @@ def _coerce(value: Any, kind: Any, dotted: str) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         raise ConfigError(f"'{dotted}' must be an integer, not {value!r}")
+    if kind == tuple[str, ...]:
+        items = value.split(",") if isinstance(value, str) else value
+        if isinstance(items, (list, tuple)) and all(isinstance(v, str) for v in items):
+            return tuple(v.strip() for v in items if v.strip())
+        raise ConfigError(f"'{dotted}' must be a list of strings (or one comma-separated string), not {value!r}")
     raise ConfigError(f"'{dotted}' has an unsupported type")  # pragma: no cover

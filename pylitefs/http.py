@@ -8,7 +8,11 @@ Built on h11 (sans-IO HTTP) over trio. Routes:
 - `GET /stream` with `Upgrade: pylitefs-stream` — answered `101 Switching
   Protocols` on the primary, after which the connection carries the
   replication stream (`replication.primary.PrimaryServer.serve`); `503` on a
-  replica.
+  replica;
+- `POST /handoff[?to=NODE]` — admin call (header `Authorization: Bearer
+  <cluster secret>`): on the primary, pass the lease to candidate NODE (or the
+  most caught-up one). `401` without the right token, `409` when the handoff
+  cannot be done (the reason in the JSON body).
 
 Malformed requests get `400` and the connection is closed; a client that
 sends nothing for `REQUEST_TIMEOUT` seconds is dropped. Nothing a client
@@ -17,8 +21,10 @@ sends can stop the server.
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -37,16 +43,21 @@ MAX_REQUEST_BODY = 1 << 20
 RECEIVE_SIZE = 1 << 16
 
 StreamHandler = Callable[[MessageStream, str], Awaitable[None]]
+#: An admin call: query parameters -> (HTTP status, JSON payload).
+AdminAction = Callable[[dict[str, str]], Awaitable[tuple[int, dict[str, Any]]]]
 
 
 class HttpServer:
     """Answers the API and hands stream upgrades to `stream_handler` (None on a replica)."""
 
     def __init__(self, info: Callable[[], dict[str, Any]], status: Callable[[], dict[str, Any]],
-                 stream_handler: Callable[[], StreamHandler | None]) -> None:
+                 stream_handler: Callable[[], StreamHandler | None], *,
+                 admin: dict[str, AdminAction] | None = None, admin_token: bytes = b"") -> None:
         self._info = info
         self._status = status
         self._stream_handler = stream_handler
+        self._admin = admin or {}
+        self._admin_token = admin_token
         self._slots = trio.Semaphore(MAX_CONNECTIONS)
 
     async def serve(self, host: str, port: int, *,
@@ -130,7 +141,9 @@ class HttpServer:
             await stream.send_all(conn.send(h11.InformationalResponse(
                 status_code=101, headers=[("Upgrade", UPGRADE_TOKEN), ("Connection", "Upgrade")])))
             return handler, bytes(conn.trailing_data[0])
-        if method not in ("GET", "HEAD"):
+        if method == "POST" and path in self._admin:
+            await self._admin_call(stream, conn, request, path)
+        elif method not in ("GET", "HEAD"):
             await _respond(stream, conn, 405, {"error": f"{method} is not allowed here"}, extra=[("Allow", "GET")])
         elif path == "/info":
             await _respond(stream, conn, 200, self._info(), head=method == "HEAD")
@@ -139,6 +152,18 @@ class HttpServer:
         else:
             await _respond(stream, conn, 404, {"error": f"no such path: {path}"}, head=method == "HEAD")
         return None
+
+
+    async def _admin_call(self, stream: trio.SocketStream, conn: h11.Connection, request: h11.Request,
+                          path: str) -> None:
+        token = _header(request, b"authorization").removeprefix(b"Bearer ").strip()
+        if not self._admin_token or not hmac.compare_digest(token, self._admin_token):
+            await _respond(stream, conn, 401, {"error": "admin calls need 'Authorization: Bearer <cluster secret>'"})
+            return
+        query = urllib.parse.urlsplit(request.target.decode(errors="replace")).query
+        params = dict(urllib.parse.parse_qsl(query))
+        status, payload = await self._admin[path](params)
+        await _respond(stream, conn, status, payload)
 
 
 async def _read_request(stream: trio.SocketStream, conn: h11.Connection) -> tuple[h11.Request | None, int]:
@@ -189,4 +214,4 @@ async def _respond(stream: trio.SocketStream, conn: h11.Connection, status: int,
         await stream.send_all(data)
 
 
-__all__ = ["HttpServer", "StreamHandler"]
+__all__ = ["AdminAction", "HttpServer", "StreamHandler"]

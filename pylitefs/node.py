@@ -1,10 +1,16 @@
-"""The node: the mount, the store, the HTTP port and replication, wired for one configuration.
+"""The node: the mount, the store, the HTTP port, replication and the lease, wired for one configuration.
 
-With a static lease the primary is fixed: `lease.candidate: true` marks it
-(and a config with no `lease` section is a single primary). The primary
-captures every commit into its store and serves replica streams on
-`http.addr`; a replica follows `lease.advertise-url`, applies what it
-receives through its own mount, and refuses application writes.
+The mount, the store and the HTTP port live as long as the process; the
+elector (`election.elector`) decides the role and drives `Node` through
+role changes: the primary captures every commit into its store and serves
+replica streams on `http.addr`; a replica follows the primary, applies what it
+receives through its own mount and refuses application writes.
+
+- `lease.type: static`: the node with `lease.candidate: true` is the primary
+  for ever (a config without a `lease` section is a single primary); replicas
+  follow `lease.advertise-url`.
+- `lease.type: etcd`: candidates compete for an etcd lease; see
+  `election.elector.EtcdElector`.
 """
 
 from __future__ import annotations
@@ -14,33 +20,42 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import trio
 
+from election.elector import ClusterMismatch, EtcdElector, HandoffError, StaticElector
+from election.etcd import EtcdSettings
 from fs.access import Access
 from fs.apply import Applier
+from fs.formats.dbheader import parse_db_header
 from fs.locks import LockTimeout
 from fs.mount import MountError, MountOptions, data_dir_lock, preflight, serve
 from fs.operations import Operations
+from fs.recovery import databases
 from fs.snapshot import read_consistent
 from pylitefs import __version__
+from pylitefs.admin import admin_call
 from pylitefs.config import Config, parse_addr
 from pylitefs.http import HttpServer, StreamHandler
-from pylitefs.startup import recover_databases, recover_replica_databases
+from pylitefs.startup import _remove_database, recover_databases, recover_replica_databases
+from replication.checksum import database_checksum
 from replication.primary import PrimaryServer, SnapshotSource
 from replication.replica import ReplicaClient
-from replication.store import Store, StoreError
+from replication.store import Store
 from replication.txn import Transaction
 
 #: Under data.dir: the transaction logs and the node's own state.
 STATE_DIR = ".pylitefs"
 CLUSTER_ID_FILE = "cluster-id"
-#: The term of a static lease: there is only ever one primary.
-STATIC_TERM = 1
+#: The role this node last had ("primary" or "replica"): which recovery its files need at start.
+ROLE_FILE = "role"
+#: Longest a clean stop waits for a handoff or resignation.
+STOP_TIMEOUT = 8.0
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -83,43 +98,260 @@ class ClusterId:
         self.value = value
 
 
-class _AppliedPositions:
-    """What a replica's mount shows in `-pos` files: the positions applied to it."""
+class _Sink:
+    """What the mount captures into (the store, on the primary) and what its `-pos` files show.
 
-    def __init__(self, replica: ReplicaClient) -> None:
-        self._replica = replica
+    On a replica the positions are those applied to the mount, which the
+    store's log may run ahead of for a moment.
+    """
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
 
     def position(self, db: str) -> tuple[int, int] | None:
-        return self._replica.position(db)
+        return self._node.position(db)
 
     def commit(self, db: str, page_size: int, commit_size: int, pages: Mapping[int, bytes]) -> None:
-        raise StoreError("a replica does not capture commits")
+        self._node.store.commit(db, page_size, commit_size, pages)
 
     def drop(self, db: str) -> None:
-        raise StoreError("a replica does not capture commits")
+        self._node.store.drop(db)
 
     def rename(self, old: str, new: str) -> None:
-        raise StoreError("a replica does not capture commits")
+        self._node.store.rename(old, new)
 
     def sync(self, db: str) -> None:
-        return None
+        self._node.store.sync(db)
 
 
-class _Status:
-    """`.primary` and `.lag` for the mount."""
+class Node:
+    """One node's roles: the `election.elector.Roles` the elector drives, and what the status shows.
 
-    def __init__(self, replica: ReplicaClient | None) -> None:
-        self._replica = replica
+    The mount, the store and the HTTP port stay up across role changes;
+    `promote` and `demote` switch what the mount does with writes, and which
+    of the primary's server and the replica's client runs.
+    """
+
+    def __init__(self, config: Config, options: MountOptions, store: Store, access: Access,
+                 cluster: ClusterId, state_dir: str) -> None:
+        self.config = config
+        self.options = options
+        self.store = store
+        self.access = access
+        self.cluster = cluster
+        self.applier = Applier(options.mountpoint, access)
+        self._role_path = os.path.join(state_dir, ROLE_FILE)
+        self.ops: Operations | None = None  # set by run() once built
+        self.nursery: trio.Nursery | None = None
+        self.elector: StaticElector | EtcdElector | None = None
+        self.role = "replica"
+        self.term = 0
+        self.primary_server: PrimaryServer | None = None
+        self.replica = self._new_replica()
+        self._replicating: tuple[trio.CancelScope, trio.Event] | None = None
+        self._following: tuple[str, int] | None = None
+        #: The primary's hostname as the lease says (None: unknown, or this node).
+        self.known_primary: str | None = None
+        self.started = time.time()
+
+    # ------------------------------------------------------------ roles
+
+    def fence(self, until: float) -> None:
+        self.access.writable_until = until
+
+    def positions(self) -> dict[str, tuple[int, int]]:
+        return self.store.positions()
+
+    def replica_positions(self) -> dict[str, dict[str, tuple[int, int]]]:
+        server = self.primary_server
+        return {} if server is None else {n: dict(r.positions) for n, r in server.replicas.items()}
+
+    async def wait_acked(self, node_id: str, positions: dict[str, tuple[int, int]]) -> None:
+        if self.primary_server is None:
+            raise RuntimeError("not the primary")
+        await self.primary_server.wait_acked(node_id, positions)
+
+    async def promote(self, term: int) -> None:
+        """Stop following, apply everything logged, then capture and serve replicas in `term`."""
+        await self._stop_replicating()
+        self._following = None
+        await self.replica.reconcile()
+        await trio.to_thread.run_sync(self.applier.close)
+        assert self.ops is not None
+        self.ops.reset_capture()
+        self.primary_server = PrimaryServer(
+            self.store, node_id=self.config.hostname, cluster_id=self.cluster.create(),
+            secret=self.config.secret, term=term,
+            snapshot=_snapshot_source(self.options, self.access, self.store))
+        self.term = term
+        self.known_primary = None
+        await trio.to_thread.run_sync(self._write_role, "primary")
+        self.role = "primary"
+        self.access.primary = True
+        log.info("primary in term %d: accepting writes", term)
+
+    async def demote(self) -> None:
+        """Refuse writes now; end the term's streams; make every database hold only committed content."""
+        self.access.primary = False
+        self.access.writable_until = 0.0
+        server, self.primary_server = self.primary_server, None
+        if server is not None:
+            server.close()
+        self.role = "replica"
+        await trio.to_thread.run_sync(self.settle_all)
+        await trio.to_thread.run_sync(self._write_role, "replica")
+        self.replica = self._new_replica()
+        log.info("stepped down: this node is a replica now")
+
+    async def follow(self, hostname: str | None, url: str | None, term: int) -> None:
+        self.known_primary = hostname
+        if url is None:
+            if self._following is not None:
+                await self._stop_replicating()
+                self._following = None
+            return
+        if self._following == (url, term) and self._replicating is not None:
+            return
+        await self._stop_replicating()
+        self.replica.primary_url = url
+        self.replica.min_term = term
+        self._following = (url, term)
+        assert self.nursery is not None
+        self._replicating = await self.nursery.start(self._replicate)
+
+    async def _replicate(self, *, task_status: trio.TaskStatus[tuple[trio.CancelScope, trio.Event]]
+                         = trio.TASK_STATUS_IGNORED) -> None:
+        done = trio.Event()
+        try:
+            with trio.CancelScope() as scope:
+                task_status.started((scope, done))
+                await self.replica.run()
+        finally:
+            done.set()
+
+    async def _stop_replicating(self) -> None:
+        running, self._replicating = self._replicating, None
+        if running is not None:
+            scope, done = running
+            scope.cancel()
+            await done.wait()
+
+    def _new_replica(self) -> ReplicaClient:
+
+        async def apply(db: str, txns: list[Transaction]) -> None:
+            # A reader inside a long transaction holds SQLite's locks:
+            # wait for it, as a SQLite writer would (applying is idempotent).
+            while True:
+                try:
+                    return await trio.to_thread.run_sync(self.applier.apply, db, txns)
+                except LockTimeout as exc:
+                    log.warning("cannot apply TXID %d of %s yet, retrying: %s", txns[-1].txid, db, exc)
+
+        return ReplicaClient(
+            self.store, node_id=self.config.hostname, secret=self.config.secret,
+            primary_url="",
+            apply=apply, cluster_id=self.cluster.get, adopt_cluster_id=self.cluster.adopt)
+
+    def settle_all(self) -> None:
+        """After a term: every database file holds its committed content and matches its log (blocking).
+
+        A transaction cut by the fence leaves a hot journal or uncommitted WAL
+        frames, and the WAL holds committed frames the replica's applier would
+        not see: `Applier.settle` writes the committed content into the file
+        and empties the WAL. A file that then does not match its log (which
+        should not happen) is discarded loudly: the primary sends a snapshot.
+        """
+        dir_fd = os.open(self.options.data_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for db in self.store.databases():
+                self.store.sync(db)
+            for db in sorted(set(databases(dir_fd)) | set(self.store.databases())):
+                image = _retry_locked(lambda db=db: self.applier.settle(db, dir_fd), f"settle {db}")
+                last = self.store.last(db)
+                expected = 0 if last is None or last.dropped else last.post_checksum
+                page_size = parse_db_header(image).page_size if len(image) >= 100 else 0
+                actual = database_checksum(image, page_size) if image else 0
+                if actual != expected:
+                    log.error("%s: after the term its content (checksum %016x) does not match its log "
+                              "(%016x); discarding it, the primary will send a snapshot", db, actual, expected)
+                    self.applier.forget(db)
+                    _remove_database(dir_fd, db)
+                    self.store.forget(db)
+        finally:
+            os.close(dir_fd)
+
+    def _write_role(self, role: str) -> None:
+        tmp = self._role_path + ".tmp"
+        with open(tmp, "w", encoding="ascii") as f:
+            f.write(role + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, self._role_path)
+
+    # ------------------------------------------------------------ status
+
+    def position(self, db: str) -> tuple[int, int] | None:
+        """What `<db>-pos` shows: the logged position on the primary, the applied one on a replica."""
+        return self.store.position(db) if self.role == "primary" else self.replica.position(db)
 
     def primary_hostname(self) -> str | None:
-        return self._replica.primary if self._replica is not None else None
+        """`.primary`: the primary's hostname on a replica (None on the primary, or when unknown)."""
+        if self.role == "primary":
+            return None
+        return self.known_primary or self.replica.primary
 
     def lag_ms(self) -> int:
-        return self._replica.lag_ms() if self._replica is not None else 0
+        return 0 if self.role == "primary" else self.replica.lag_ms()
+
+    def stream_handler(self) -> StreamHandler | None:
+        server = self.primary_server
+        return server.serve if server is not None and self.role == "primary" else None
+
+    def info(self) -> dict[str, Any]:
+        lease = self.elector.info() if self.elector is not None else None
+        return {
+            "node": self.config.hostname,
+            "version": __version__,
+            "cluster_id": self.cluster.get(),
+            "role": self.role,
+            "lease": self.config.lease.type,
+            "primary": self.config.hostname if self.role == "primary" else self.primary_hostname(),
+            "primary_url": lease.url if lease is not None else None,
+            "term": self.term if self.role == "primary" else (lease.term if lease is not None else 0),
+            "started": self.started,
+        }
+
+    def status(self) -> dict[str, Any]:
+        out = self.info()
+        positions = self.store.positions() if self.role == "primary" else dict(self.replica.applied)
+        out["databases"] = {db: {"txid": txid, "checksum": f"{checksum:016x}"}
+                            for db, (txid, checksum) in sorted(positions.items())}
+        server = self.primary_server
+        if server is not None:
+            out["replicas"] = {
+                r.node_id: {"address": r.peer, "connected_at": r.connected_at, "acked_at": r.acked_at,
+                            "positions": {db: {"txid": t, "checksum": f"{c:016x}"}
+                                          for db, (t, c) in r.positions.items()}}
+                for r in server.replicas.values()
+            }
+        else:
+            out["connected"] = self.replica.connected
+            out["lag_ms"] = self.replica.lag_ms()
+        return out
+
+    async def handoff_action(self, params: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        """`POST /handoff[?to=NODE]`."""
+        if self.elector is None:
+            return 409, {"error": "the node is starting"}
+        try:
+            target = await self.elector.handoff(params.get("to") or None)
+        except HandoffError as exc:
+            return 409, {"error": str(exc)}
+        return 200, {"handoff": target}
 
 
 async def run(config: Config, *, capture: bool = True) -> None:
-    """Recover, mount, serve HTTP and replication; unmount cleanly on SIGINT/SIGTERM.
+    """Recover, mount, serve HTTP, take a role and keep it current; unmount cleanly on SIGINT/SIGTERM.
 
     With `capture` (always, but for benchmarks), the primary records every
     committed transaction in its logs. Returns when a stop signal arrives or
@@ -131,91 +363,108 @@ async def run(config: Config, *, capture: bool = True) -> None:
         allow_other=config.fuse.allow_other,
         debug=config.fuse.debug,
     )
-    is_primary = config.lease.candidate
+    etcd = config.lease.type == "etcd"
     host, port = parse_addr(config.http.addr)
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals, data_dir_lock(options.data_dir):
         preflight(options)
         state_dir = os.path.join(options.data_dir, STATE_DIR)
-        store = None
-        if capture or not is_primary:
-            store = Store(state_dir, node_id=config.hostname,
-                          retention_seconds=config.data.retention,
-                          retention_max_bytes=config.data.retention_max_size or None)
-            recover = recover_databases if is_primary else recover_replica_databases
-            await trio.to_thread.run_sync(recover, options.data_dir, store)
+        store = Store(state_dir, node_id=config.hostname,
+                      retention_seconds=config.data.retention,
+                      retention_max_bytes=config.data.retention_max_size or None)
+        was_primary = _last_role(state_dir) == "primary" if etcd else config.lease.candidate
+        recover = recover_databases if was_primary else recover_replica_databases
+        await trio.to_thread.run_sync(recover, options.data_dir, store)
         os.makedirs(state_dir, exist_ok=True)
         cluster = ClusterId(state_dir, config.cluster.id)
-        if is_primary:
-            cluster.create()
-        access = Access(primary=is_primary)
-        applier = Applier(options.mountpoint, access)
-        replica: ReplicaClient | None = None
-        primary: PrimaryServer | None = None
-        if store is not None and is_primary:
-            primary = PrimaryServer(
-                store, node_id=config.hostname, cluster_id=cluster.get(), secret=config.secret,
-                term=STATIC_TERM, snapshot=_snapshot_source(options, access, store))
-        elif store is not None:
-
-            async def apply(db: str, txns: list[Transaction]) -> None:
-                # A reader inside a long transaction holds SQLite's locks:
-                # wait for it, as a SQLite writer would (applying is idempotent).
-                while True:
-                    try:
-                        return await trio.to_thread.run_sync(applier.apply, db, txns)
-                    except LockTimeout as exc:
-                        log.warning("cannot apply TXID %d of %s yet, retrying: %s", txns[-1].txid, db, exc)
-
-            replica = ReplicaClient(
-                store, node_id=config.hostname, secret=config.secret, primary_url=config.primary_url,
-                apply=apply, cluster_id=cluster.get, adopt_cluster_id=cluster.adopt)
-        sink: Any = store if is_primary else (_AppliedPositions(replica) if replica else None)
-        ops = Operations(options.data_dir, sink, access=access, status=_Status(replica))
-        started = time.time()
-
-        def info() -> dict[str, Any]:
-            return {
-                "node": config.hostname,
-                "version": __version__,
-                "cluster_id": cluster.get(),
-                "role": "primary" if is_primary else "replica",
-                "primary": config.hostname if is_primary else (replica.primary if replica else None),
-                "primary_url": config.primary_url,
-                "term": STATIC_TERM,
-                "started": started,
-            }
-
-        def status() -> dict[str, Any]:
-            return _status(info(), store, primary, replica)
-
-        def stream_handler() -> StreamHandler | None:
-            return primary.serve if primary is not None else None
-
-        http = HttpServer(info, status, stream_handler)
+        access = Access(primary=False)
+        node = Node(config, options, store, access, cluster, state_dir)
+        ops = node.ops = Operations(options.data_dir, _Sink(node) if capture else None, access=access,
+                                    status=node)
+        elector: StaticElector | EtcdElector
+        if etcd:
+            elector = EtcdElector(
+                node, _etcd_settings(config), hostname=config.hostname, advertise_url=config.own_url,
+                candidate=config.lease.candidate, promote=config.lease.promote,
+                cluster_id=cluster.get, adopt_cluster_id=cluster.adopt,
+                request_handoff=lambda url, to: _request_handoff(url, to, config.secret))
+        else:
+            elector = StaticElector(node, hostname=config.hostname, candidate=config.lease.candidate,
+                                    primary_url=config.primary_url)
+        node.elector = elector
+        http = HttpServer(node.info, node.status, node.stream_handler,
+                          admin={"/handoff": node.handoff_action}, admin_token=config.secret)
         try:
             async with trio.open_nursery() as nursery:
+                node.nursery = nursery
                 await nursery.start(_serve_then_cancel, ops, options, nursery.cancel_scope)
                 try:
                     listeners = await nursery.start(http.serve, host, port)
                 except OSError as exc:
                     raise MountError(f"cannot listen on http.addr {config.http.addr}: {exc.strerror}") from None
                 bound = listeners[0].socket.getsockname()
-                if store is not None:
-                    nursery.start_soon(monitor_retention, store, config.data.retention_monitor_interval)
-                if replica is not None:
-                    await nursery.start(replica.run)
+                nursery.start_soon(monitor_retention, store, config.data.retention_monitor_interval)
+                if etcd:  # whatever role comes next, the files must hold committed content only
+                    await trio.to_thread.run_sync(node.settle_all)
+                await nursery.start(_run_elector, elector)
                 log.info("pylitefs ready: %s mounted (data dir %s), %s, http on %s:%d", options.mountpoint,
-                         options.data_dir, "primary" if is_primary else f"replica of {config.primary_url}",
-                         bound[0], bound[1])
+                         options.data_dir, _role_text(config), bound[0], bound[1])
                 async for signum in signals:
-                    log.info("received %s: unmounting", signal.Signals(signum).name)
+                    log.info("received %s: stopping", signal.Signals(signum).name)
+                    with trio.move_on_after(STOP_TIMEOUT):
+                        await elector.stop()
                     nursery.cancel_scope.cancel()
                     break
         finally:
-            applier.close()
+            node.applier.close()
             ops.close()
-            if store is not None:
-                store.close()
+            store.close()
+
+
+async def _run_elector(elector: StaticElector | EtcdElector, *,
+                       task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    try:
+        await elector.run(task_status=task_status)
+    except ClusterMismatch as exc:
+        raise MountError(str(exc)) from None
+
+
+def _retry_locked(fn: Callable[[], T], what: str) -> T:
+    """fn(), retried while SQLite's locks are held by a long reader (blocking)."""
+    while True:
+        try:
+            return fn()
+        except LockTimeout as exc:
+            log.warning("cannot %s yet, retrying: %s", what, exc)
+
+
+def _role_text(config: Config) -> str:
+    if config.lease.type == "etcd":
+        return f"etcd lease at {', '.join(config.lease.etcd.endpoints)} as {config.hostname}" + (
+            " (candidate)" if config.lease.candidate else "")
+    return "primary" if config.lease.candidate else f"replica of {config.primary_url}"
+
+
+def _last_role(state_dir: str) -> str:
+    try:
+        with open(os.path.join(state_dir, ROLE_FILE), encoding="ascii") as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        return ""
+
+
+def _etcd_settings(config: Config) -> EtcdSettings:
+    etcd = config.lease.etcd
+    return EtcdSettings(endpoints=tuple(etcd.endpoints), prefix=etcd.prefix, key=etcd.key, ttl=float(etcd.ttl),
+                        timeout=float(etcd.timeout), ca_cert=etcd.tls_ca, cert=etcd.tls_cert,
+                        cert_key=etcd.tls_key, username=etcd.username, password=etcd.password)
+
+
+async def _request_handoff(url: str, to: str, secret: bytes) -> None:
+    """Ask the primary at `url` to hand its lease over to `to` (lease.promote)."""
+    status, payload = await trio.to_thread.run_sync(
+        lambda: admin_call(url, "/handoff", {"to": to}, secret), abandon_on_cancel=True)
+    if status != 200:
+        raise HandoffError(payload.get("error", f"HTTP {status}"))
 
 
 def _snapshot_source(options: MountOptions, access: Access, store: Store) -> SnapshotSource:
@@ -226,26 +475,6 @@ def _snapshot_source(options: MountOptions, access: Access, store: Store) -> Sna
             read_consistent, options.mountpoint, options.data_dir, db, access, lambda: store.position(db))
 
     return snapshot
-
-
-def _status(info: dict[str, Any], store: Store | None, primary: PrimaryServer | None,
-            replica: ReplicaClient | None) -> dict[str, Any]:
-    positions = store.positions() if store is not None else {}
-    if replica is not None:
-        positions = dict(replica.applied)
-    out = dict(info)
-    out["databases"] = {db: {"txid": txid, "checksum": f"{checksum:016x}"}
-                        for db, (txid, checksum) in sorted(positions.items())}
-    if primary is not None:
-        out["replicas"] = {
-            r.node_id: {"address": r.peer, "connected_at": r.connected_at, "acked_at": r.acked_at,
-                        "positions": {db: {"txid": t, "checksum": f"{c:016x}"} for db, (t, c) in r.positions.items()}}
-            for r in primary.replicas.values()
-        }
-    if replica is not None:
-        out["connected"] = replica.connected
-        out["lag_ms"] = replica.lag_ms()
-    return out
 
 
 async def monitor_retention(store: Store, interval: float) -> None:

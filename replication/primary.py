@@ -115,6 +115,26 @@ class PrimaryServer:
         #: Connected replicas by node id.
         self.replicas: dict[str, ReplicaState] = {}
         self._scopes: dict[str, trio.CancelScope] = {}
+        self._closed = False
+        self._acked = trio.Event()
+
+    def close(self) -> None:
+        """End every session and refuse new ones (this node stopped being primary in this term)."""
+        self._closed = True
+        for scope in list(self._scopes.values()):
+            scope.cancel()
+
+    async def wait_acked(self, node_id: str, positions: dict[str, tuple[int, int]]) -> None:
+        """Return once replica `node_id` has acknowledged (made durable) every one of `positions`."""
+        while True:
+            state = self.replicas.get(node_id)
+            if state is not None and all(state.positions.get(db) == pos for db, pos in positions.items()):
+                return
+            await self._acked.wait()
+
+    def _note_ack(self) -> None:
+        self._acked.set()
+        self._acked = trio.Event()
 
     async def serve(self, stream: MessageStream, peer: str) -> None:
         """Run one replica's session until it disconnects.
@@ -122,6 +142,8 @@ class PrimaryServer:
         Never raises for anything the peer does: a refused handshake, bad
         frames or a broken connection end the session with a log line.
         """
+        if self._closed:
+            return
         full_size = stream.max_frame_size
         stream.max_frame_size = min(full_size, HANDSHAKE_MAX_FRAME)
         try:
@@ -140,6 +162,8 @@ class PrimaryServer:
                         peer, _reason(exc))
             return
         stream.max_frame_size = full_size
+        if self._closed:
+            return
         previous = self._scopes.get(node_id)
         if previous is not None:
             log.warning("replica %s connected again from %s; ending its previous stream", node_id, peer)
@@ -265,6 +289,7 @@ class _Session:
             if isinstance(msg, Ack):
                 self.state.positions.update(msg.positions)
                 self.state.acked_at = time.time()
+                self.server._note_ack()
             elif isinstance(msg, Resync):
                 log.warning("replica %s asks for a snapshot of %s", self.state.node_id, msg.db)
                 self.resync.add(msg.db)

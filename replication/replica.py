@@ -100,11 +100,14 @@ class ReplicaClient:
         cluster_id: Callable[[], str],
         adopt_cluster_id: Callable[[str], None],
         heartbeat_interval: float = 1.0,
+        min_term: int = 0,
     ) -> None:
         self.store = store
         self.node_id = node_id
         self.secret = secret
         self.primary_url = primary_url
+        #: A primary whose term is older than this is refused (a deposed one).
+        self.min_term = min_term
         self.apply = apply
         self._cluster_id = cluster_id
         self._adopt_cluster_id = adopt_cluster_id
@@ -184,8 +187,12 @@ class ReplicaClient:
             await trio.sleep(delay)
             delay = min(delay * 2, MAX_RECONNECT_DELAY)
 
-    async def _reconcile(self) -> None:
-        """Apply what is logged but not applied (an apply that failed earlier in this process)."""
+    async def reconcile(self) -> None:
+        """Apply what is logged but not applied (an apply that failed or was cancelled earlier).
+
+        Afterwards every database's applied position is its logged one (the
+        node calls it before it becomes primary).
+        """
         for db, logged in self.store.positions().items():
             applied = self.applied.get(db)
             if applied == logged:
@@ -213,7 +220,7 @@ class ReplicaClient:
             self.applied[db] = logged
 
     async def _session(self, stream: MessageStream) -> None:
-        await self._reconcile()
+        await self.reconcile()
         self._diverged.clear()  # a Resync sent on an earlier stream is asked again if needed
         await self._handshake(stream)
         self.connected = True
@@ -243,6 +250,9 @@ class ReplicaClient:
             elif not check_proof(proof(self.secret, "primary", challenge.cluster_id, challenge.node_id,
                                        challenge.nonce, nonce), challenge.proof):
                 reason = "the primary could not prove it knows the cluster secret"
+            elif challenge.term < self.min_term:
+                reason = (f"{challenge.node_id} serves term {challenge.term}, older than the current "
+                          f"term {self.min_term} (a deposed primary)")
             if reason is not None:
                 await stream.send(Refused(f"replica {self.node_id}: {reason}"))
                 raise ReplicationRefused(reason)
@@ -395,8 +405,14 @@ class ReplicaClient:
         self._diverged.discard(db)
         if txn.commit_size == 0:
             txn = _drop(db, txn.txid, page_size=txn.page_size, node_id=txn.node_id)
+        last = self.store.last(db)
+        if last is not None and not last.dropped and (
+                last.txid > txn.txid or (last.txid == txn.txid and last.post_checksum != txn.post_checksum)):
+            log.warning("%s: discarding this copy's history up to TXID %d (checksum %016x, kept in %s) for the "
+                        "primary's snapshot at TXID %d (checksum %016x)", db, last.txid, last.post_checksum,
+                        self.store.replaced_path(db), txn.txid, txn.post_checksum)
         # Shielded: once the log says "snapshot", its pages must reach the file
-        # (a failure here is caught at the next session by _reconcile).
+        # (a failure here is caught at the next session by reconcile).
         with trio.CancelScope(shield=True):
             try:
                 await trio.to_thread.run_sync(self.store.reset, txn)

@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 #: How long transactions stay in a log by default (seconds).
 DEFAULT_RETENTION_SECONDS = 600.0
 LOG_SUFFIX = ".log"
+#: A replica's log replaced by a snapshot is kept under this suffix until the next one.
+REPLACED_SUFFIX = ".replaced"
 
 Listener = Callable[[Transaction], None]
 ImageSource = bytes | bytearray | memoryview | Callable[[], bytes | bytearray | memoryview]
@@ -240,10 +242,16 @@ class Store:
         old = self._dbs.pop(db, None)
         if old is not None:
             old.log.close()
+        if os.path.exists(path):  # kept for inspection: what this copy had before (replaced each time)
+            os.replace(path, self.replaced_path(db))
         os.rename(tmp, path)
         _fsync_dir(self.logs_dir)
         self._dbs[db] = _Db(TransactionLog.open(path), hashes, True)
         self._notify(txn)
+
+    def replaced_path(self, db: str) -> str:
+        """Where `reset` keeps the log it replaced (the newest only)."""
+        return self._path(db) + REPLACED_SUFFIX
 
     def forget(self, db: str) -> None:
         """Delete `db`'s log and state (a replica discarding a copy it cannot trust)."""

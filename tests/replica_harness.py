@@ -25,6 +25,12 @@ commands, one per stdin line, with one JSON line each:
 - `{"cmd": "snapshot", "db": DB, "out": PATH}` (primary): `fs.snapshot.read_consistent`;
   the image is written to PATH, the reply is `{"position": [txid, checksum], "us": ...}`.
 - `{"cmd": "counts"}`: FUSE requests served since the last `counts`, by handler.
+- `{"cmd": "fence", "in": S}`: the lease's fence, `access.writable_until = monotonic() + S`
+  (S may be 0 or negative: fenced at once; null: never).
+- `{"cmd": "role", "primary": BOOL}`: set `access.primary`; becoming primary again
+  closes the applier and resets capture (`Operations.reset_capture`), as the node does.
+- `{"cmd": "settle", "db": DB}`: `Applier.settle`; replies `{"size": n, "sha256": hex}` of
+  the committed image it returned.
 - `{"cmd": "quit"}`.
 
 `-pos` files show the applied position; `.primary`/`.lag` show the options.
@@ -164,7 +170,9 @@ class ReplicaHarness:
 
 def _child(argv: list[str]) -> None:
     import argparse
+    import hashlib
     import logging
+    import math
     from collections import Counter
 
     import trio
@@ -273,6 +281,14 @@ def _child(argv: list[str]) -> None:
             f.write(image)
         return {"position": list(position) if position else None, "us": us}
 
+    def run_settle(db: str) -> dict[str, Any]:
+        dir_fd = os.open(args.data_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            image = applier.settle(db, dir_fd)
+        finally:
+            os.close(dir_fd)
+        return {"size": len(image), "sha256": hashlib.sha256(image).hexdigest()}
+
     async def commands() -> None:
         while True:
             line = await trio.to_thread.run_sync(sys.stdin.readline, abandon_on_cancel=True)
@@ -291,6 +307,18 @@ def _child(argv: list[str]) -> None:
                     reply({"dropped": cmd["db"]})
                 elif cmd["cmd"] == "snapshot":
                     reply(await trio.to_thread.run_sync(run_snapshot, cmd))
+                elif cmd["cmd"] == "fence":
+                    until = cmd.get("in")
+                    access.writable_until = math.inf if until is None else time.monotonic() + until
+                    reply({"writable": access.writable()})
+                elif cmd["cmd"] == "role":
+                    if cmd["primary"] and not access.primary:
+                        await trio.to_thread.run_sync(applier.close)
+                        ops.reset_capture()
+                    access.primary = bool(cmd["primary"])
+                    reply({"writable": access.writable()})
+                elif cmd["cmd"] == "settle":
+                    reply(await trio.to_thread.run_sync(run_settle, cmd["db"]))
                 elif cmd["cmd"] == "counts":
                     reply(dict(counts))
                     counts.clear()

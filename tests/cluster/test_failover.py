@@ -1,0 +1,304 @@
+"""Leader election with a real etcd: failover, fencing, handoff, rejoining (issue: election).
+
+Three candidate nodes, each its own `pylitefs mount` process, elect a primary
+with an etcd lease (etcd started by the test on loopback ports). A writer
+process follows the primary through failovers (tests/failover_workload.py);
+reader processes on the replicas check the workload's invariants inside every
+read transaction, including that `seq.k` never goes back. Relays
+(tests/relay.py) in front of etcd and of a node's HTTP port cut one node off.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pylitefs.cluster import Cluster, Node, wait_caught_up, wait_for, wait_primary
+from pylitefs.tools import open_log
+from tests.cluster.test_replication import finish, start_readers
+from tests.conftest import integrity
+from pylitefs.etcdserver import EtcdServer
+from tests.relay import Relay
+
+pytestmark = pytest.mark.fuse
+
+WORKLOAD = str(Path(__file__).parent.parent / "sqlite_workload.py")
+FAILOVER = str(Path(__file__).parent.parent / "failover_workload.py")
+DB = "app.db"
+TTL = 2.0
+
+
+@pytest.fixture
+def etcd(tmp_path: Path) -> Iterator[EtcdServer]:
+    server = EtcdServer(tmp_path / "etcd", tmp_path / "etcd.log")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class Writer:
+    """A failover_workload writer process and what it printed."""
+
+    def __init__(self, nodes: list[Node], stop: Path, only: str | None = None) -> None:
+        self.stop_file = stop
+        self.out = stop.with_suffix(".out")
+        args = [sys.executable, FAILOVER, "writer", "--db", DB, "--stop-file", str(stop)]
+        for n in nodes:
+            args += ["--node", f"{n.name}={n.url}={n.mountpoint}"]
+        if only:
+            args += ["--only", only]
+        self.proc = subprocess.Popen(args, stdout=open(self.out, "w"), stderr=subprocess.PIPE, text=True)
+
+    def commits(self) -> list[dict[str, Any]]:
+        lines = self.out.read_text().splitlines()
+        out = []
+        for line in lines:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue  # a line being written
+            if "k" in rec:
+                out.append(rec)
+        return out
+
+    def wait_commits(self, node: str, more: int, timeout: float = 30) -> dict[str, Any]:
+        """Wait for `more` new commits on `node`; the last one."""
+        before = len([c for c in self.commits() if c["node"] == node])
+        return wait_for(lambda: ([c for c in self.commits() if c["node"] == node][before + more - 1:] or [None])[0],
+                        timeout, f"{more} commits on {node}")
+
+    def finish(self) -> None:
+        self.stop_file.touch()
+        try:
+            _, err = self.proc.communicate(timeout=30)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+        assert self.proc.returncode == 0, f"writer failed:\n{err}"
+
+
+def start_cluster(etcd: EtcdServer, cluster: Cluster, n: int = 3, ttl: float = TTL,
+                  endpoints: list[str] | None = None, **kw: Any) -> tuple[list[Node], Node]:
+    nodes = [cluster.etcd_node(f"n{i}", endpoints or [etcd.endpoint], ttl=f"{ttl}s", **kw) for i in range(1, n + 1)]
+    primary = wait_primary(nodes)
+    subprocess.run([sys.executable, WORKLOAD, "setup", str(primary.mountpoint / DB), "wal", "--seq"],
+                   check=True, timeout=60)
+    wait_caught_up(primary, [n for n in nodes if n is not primary], DB)
+    return nodes, primary
+
+
+def seq_k(node: Node) -> int:
+    """`seq.k` as the node's mount shows it."""
+    conn = sqlite3.connect(node.mountpoint / DB, timeout=10)
+    try:
+        return int(conn.execute("SELECT k FROM seq").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def converge(nodes: list[Node]) -> tuple[int, int]:
+    """Wait until every running node has the primary's position of DB; check integrity; the position."""
+    primary = wait_primary(nodes)
+    others = [n for n in nodes if n is not primary and n.alive()]
+    position = wait_caught_up(primary, others, DB, timeout=60)
+    for node in [primary, *others]:
+        assert integrity(node.mountpoint / DB) == "ok", node.name
+    return position
+
+
+def test_kill_9_of_the_primary_elects_the_most_advanced_replica(etcd: EtcdServer, cluster: Cluster,
+                                                                 tmp_path: Path) -> None:
+    nodes, primary = start_cluster(cluster, etcd)
+    replicas = [n for n in nodes if n is not primary]
+    writer = Writer(nodes, tmp_path / "stop")
+    readers = [r for n in replicas for r in start_readers(n.mountpoint, DB, "wal", tmp_path / "stop-readers")]
+    try:
+        writer.wait_commits(primary.name, 100)
+        primary.proc.kill()  # kill -9
+        killed_at = time.time()
+        primary.wait(10)
+        reached = max(seq_k(n) for n in replicas)  # what had reached a replica
+        new = wait_primary(replicas, timeout=TTL + 10)
+        first = writer.wait_commits(new.name, 1)
+        # Every transaction that reached a replica is on the new primary: its first commit continues after them.
+        assert first["k"] > reached, (first, reached)
+        failover = first["t"] - killed_at
+        assert failover < TTL + 5, failover  # measured precisely by bench/failover.py
+        writer.wait_commits(new.name, 50)
+        primary.start()  # rejoins as a replica (its unreplicated tail, if any, is replaced)
+        writer.wait_commits(new.name, 20)
+    finally:
+        writer.finish()
+    reports = finish(readers, tmp_path / "stop-readers")
+    assert all(r["checks"] > 0 for r in reports)
+    converge(nodes)
+    assert wait_primary(nodes) is new
+
+
+def test_clean_stop_hands_over_at_once(etcd: EtcdServer, cluster: Cluster, tmp_path: Path) -> None:
+    nodes, primary = start_cluster(cluster, etcd)
+    writer = Writer(nodes, tmp_path / "stop")
+    try:
+        writer.wait_commits(primary.name, 50)
+        stopped_at = time.time()
+        assert primary.stop() == 0
+        new = wait_primary([n for n in nodes if n is not primary], timeout=5)
+        first = writer.wait_commits(new.name, 1)
+        assert first["t"] - stopped_at < TTL, "the stopped primary's lease was not passed on or revoked"
+        assert "stopping: handed off to" in primary.log_text() or "resigning" in primary.log_text()
+        # A clean stop loses nothing: the new primary continues exactly where the old one stopped.
+        ks = [c["k"] for c in writer.commits()]
+        assert ks == list(range(ks[0], ks[0] + len(ks))), "a commit the application saw was lost or repeated"
+        primary.start()
+        writer.wait_commits(new.name, 20)
+    finally:
+        writer.finish()
+    converge(nodes)
+
+
+def test_handoff_to_a_named_candidate(etcd: EtcdServer, cluster: Cluster, tmp_path: Path) -> None:
+    nodes, primary = start_cluster(cluster, etcd)
+    target = next(n for n in nodes if n is not primary)
+    writer = Writer(nodes, tmp_path / "stop")
+    try:
+        writer.wait_commits(primary.name, 30)
+        out = subprocess.run([sys.executable, "-m", "pylitefs", "handoff", "--config", str(primary.config_path),
+                              "--to", target.name], capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        assert f"handed off to {target.name}" in out.stdout
+        assert wait_primary(nodes) is target
+        writer.wait_commits(target.name, 30)
+        ks = [c["k"] for c in writer.commits()]
+        assert ks == list(range(ks[0], ks[0] + len(ks)))
+        # Refused: not the primary any more, an unknown node, a wrong token.
+        again = subprocess.run([sys.executable, "-m", "pylitefs", "handoff", "--config", str(primary.config_path)],
+                               capture_output=True, text=True, timeout=30)
+        assert again.returncode == 1 and "not the primary" in again.stderr
+    finally:
+        writer.finish()
+    assert primary.role() == "replica"
+    converge(nodes)
+
+
+def test_primary_cut_off_from_etcd_stops_writing_before_a_new_one_starts_then_is_reset(
+        etcd: EtcdServer, cluster: Cluster, tmp_path: Path) -> None:
+    # Every node reaches etcd, and is reached by the others, through its own relays.
+    from pylitefs.cluster import free_port
+
+    relays: dict[str, tuple[Relay, Relay]] = {}
+    nodes = []
+    try:
+        for i in range(1, 4):
+            name, port = f"n{i}", free_port()
+            to_etcd = Relay("127.0.0.1", etcd.client_port)
+            to_node = Relay("127.0.0.1", port)
+            relays[name] = (to_etcd, to_node)
+            nodes.append(cluster.etcd_node(name, [to_etcd.endpoint], ttl=f"{TTL}s", port=port,
+                                           lease={"advertise-url": to_node.endpoint}))
+        old = wait_primary(nodes)
+        subprocess.run([sys.executable, WORKLOAD, "setup", str(old.mountpoint / DB), "wal", "--seq"],
+                       check=True, timeout=60)
+        wait_caught_up(old, [n for n in nodes if n is not old], DB)
+        others = [n for n in nodes if n is not old]
+        pinned = Writer(nodes, tmp_path / "stop-pinned", only=old.name)  # keeps writing to the old primary
+        follower = Writer(others, tmp_path / "stop-follower")  # writes wherever the new primary is
+        try:
+            pinned.wait_commits(old.name, 20)
+            for relay in relays[old.name]:
+                relay.cut()
+            new = wait_primary(others, timeout=TTL + 10)
+            follower.wait_commits(new.name, 20)
+            wait_for(lambda: old.role() == "replica", 10, "the old primary to step down")
+        finally:
+            pinned.finish()
+            follower.finish()
+        # No overlap, from both nodes' own records: the old primary's last transaction was captured
+        # before the new primary captured its first.
+        with open_log(str(old.data_dir), DB) as txlog:
+            old_txns = [t for t in txlog if t.node_id == old.name]
+        with open_log(str(new.data_dir), DB) as txlog:
+            new_txns = [t for t in txlog if t.node_id == new.name]
+        assert old_txns and new_txns
+        assert old_txns[-1].timestamp_ns < new_txns[0].timestamp_ns, (
+            "the old primary accepted a write after the new one started")
+        assert new.http("/info")["term"] > 0
+        diverged = old_txns[-1].txid > new_txns[0].txid - 1
+        for relay in relays[old.name]:
+            relay.restore()
+        position = converge(nodes)
+        assert old.position(DB) == position
+        if diverged:
+            assert "discarding this copy's history" in old.log_text()
+    finally:
+        for to_etcd, to_node in relays.values():
+            to_etcd.close()
+            to_node.close()
+
+
+def test_etcd_down_the_primary_steps_down_and_everything_recovers(etcd: EtcdServer, cluster: Cluster,
+                                                                   tmp_path: Path) -> None:
+    nodes, primary = start_cluster(cluster, etcd)
+    replicas = [n for n in nodes if n is not primary]
+    before = seq_k(primary)
+    etcd.stop()
+    wait_for(lambda: primary.role() == "replica", TTL + 10, "the primary to step down")
+    with pytest.raises(sqlite3.OperationalError):
+        conn = sqlite3.connect(primary.mountpoint / DB, timeout=1, isolation_level=None)
+        try:
+            conn.execute("UPDATE seq SET k=k+1")
+        finally:
+            conn.close()
+    for node in nodes:  # every node still serves reads
+        assert seq_k(node) == before
+    etcd.start()
+    writer = Writer(nodes, tmp_path / "stop")
+    try:
+        new = wait_primary(nodes, timeout=30)
+        writer.wait_commits(new.name, 20)
+    finally:
+        writer.finish()
+    converge(nodes)
+    assert replicas  # (all three recovered)
+
+
+def test_twenty_kill_9_failovers_under_load(etcd: EtcdServer, cluster: Cluster, tmp_path: Path) -> None:
+    ttl = 1.0
+    nodes, _ = start_cluster(cluster, etcd, ttl=ttl)
+    writer = Writer(nodes, tmp_path / "stop")
+    try:
+        for round_ in range(20):
+            primary = wait_primary(nodes, timeout=ttl + 15)
+            writer.wait_commits(primary.name, 10)
+            primary.proc.kill()
+            primary.wait(10)
+            survivors = [n for n in nodes if n is not primary]
+            reached = max(seq_k(n) for n in survivors)
+            new = wait_primary(survivors, timeout=ttl + 15)
+            first = writer.wait_commits(new.name, 1)
+            assert first["k"] > reached, f"round {round_}: lost a replicated transaction ({first}, {reached})"
+            primary.start()
+    finally:
+        writer.finish()
+    converge(nodes)
+
+
+def test_a_node_of_another_cluster_refuses_to_join(etcd: EtcdServer, cluster: Cluster, tmp_path: Path) -> None:
+    nodes, primary = start_cluster(cluster, etcd, n=1)
+    stranger = cluster.etcd_node("stranger", [etcd.endpoint], start=False, cluster={"id": "0123456789abcdef"})
+    stranger.mountpoint.mkdir(parents=True)
+    stranger.proc = subprocess.Popen(stranger.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True)
+    out, _ = stranger.proc.communicate(timeout=30)
+    assert stranger.proc.returncode != 0
+    assert "holds cluster" in out and "0123456789abcdef" in out
+    assert primary.role() == "primary"

@@ -1,0 +1,95 @@
+"""A writer that follows the primary of an etcd-leased cluster through failovers (run as a script).
+
+    python failover_workload.py writer --node NAME=URL=MOUNT [--node ...] --db DB --stop-file F
+                                       [--only NAME]
+
+The database must have been created with `sqlite_workload.py setup DB MODE --seq`.
+The writer asks each node's `/info` which one is primary and runs the
+workload's write transactions (`sqlite_workload.write_one`, which increments
+`seq.k`) on that node's mount. After every commit SQLite reported it prints
+`{"k": K, "node": NAME, "t": UNIX_TIME}`: K is the sequence number inside the
+committed transaction. Any SQLite error (read-only, I/O, the node went away)
+closes the connection and finds the primary again. With `--only NAME` it
+writes to that node alone, whatever its role (to show what a deposed primary
+accepts). It stops when the stop file exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sqlite3
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+if __name__ == "__main__":  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.sqlite_workload import write_one  # noqa: E402
+
+RETRY_DELAY = 0.01
+
+
+def role(url: str) -> str | None:
+    """The node's role from /info, None if it does not answer."""
+    try:
+        with urllib.request.urlopen(url + "/info", timeout=1) as resp:
+            return str(json.loads(resp.read())["role"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def writer(nodes: dict[str, tuple[str, str]], db: str, stop_file: str, only: str | None) -> None:
+    rng = random.Random(os.getpid())
+    conn: sqlite3.Connection | None = None
+    current: str | None = None
+    errors = 0
+    while not os.path.exists(stop_file):
+        try:
+            if conn is None:
+                if only is not None:
+                    current = only
+                else:
+                    current = next((n for n, (url, _) in nodes.items() if role(url) == "primary"), None)
+                    if current is None:
+                        time.sleep(RETRY_DELAY)
+                        continue
+                conn = sqlite3.connect(os.path.join(nodes[current][1], db), timeout=2, isolation_level=None)
+                conn.execute("PRAGMA synchronous=FULL")
+            write_one(conn, rng, 1, seq=True)
+            k = conn.execute("SELECT k FROM seq").fetchone()[0]
+            print(json.dumps({"k": k, "node": current, "t": time.time()}), flush=True)
+        except sqlite3.Error:
+            errors += 1
+            if conn is not None:
+                try:
+                    conn.close()
+                except sqlite3.Error:
+                    pass
+            conn = None
+            time.sleep(RETRY_DELAY)
+    print(json.dumps({"role": "writer", "errors": errors}), flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    w = sub.add_parser("writer")
+    w.add_argument("--node", action="append", required=True, help="NAME=URL=MOUNT")
+    w.add_argument("--db", required=True)
+    w.add_argument("--stop-file", required=True)
+    w.add_argument("--only")
+    args = parser.parse_args(argv)
+    nodes = {}
+    for spec in args.node:
+        name, url, mount = spec.split("=", 2)
+        nodes[name] = (url, mount)
+    writer(nodes, args.db, args.stop_file, args.only)
+
+
+if __name__ == "__main__":
+    main()
