@@ -320,7 +320,11 @@ class Applier:
                 return b""
             if not _exists(data_dir_fd, f"{db}-journal") and _size(data_dir_fd, f"{db}-wal") == 0:
                 # Nothing to undo nor to move: nothing can change it while fenced.
-                return committed_content(data_dir_fd, db).image
+                image = committed_content(data_dir_fd, db).image
+                if _says_wal(image[:_READ_VERSION_OFFSET + 1]) and not _exists(data_dir_fd, f"{db}-wal"):
+                    # A primary's last connection deleted it; a replica's readers cannot create it.
+                    os.close(os.open(self._path(f"{db}-wal"), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE))
+                return image
             return self._settle(db, data_dir_fd)
 
     def _settle(self, db: str, data_dir_fd: int) -> bytes:

@@ -11,6 +11,7 @@ read transaction, including that `seq.k` never goes back. Relays
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -81,13 +82,30 @@ class Writer:
         self.stop_file.touch()
         try:
             _, err = self.proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the writer is stuck: {_stuck(self.proc.pid)}") from None
         finally:
             if self.proc.poll() is None:
                 self.proc.kill()
         assert self.proc.returncode == 0, f"writer failed:\n{err}"
 
 
-def start_cluster(etcd: EtcdServer, cluster: Cluster, n: int = 3, ttl: float = TTL,
+def _stuck(pid: int) -> str:
+    """Where a stuck process waits: its kernel stack and open files (for the failure message)."""
+    out = []
+    for what in ("stack", "wchan", "syscall"):
+        try:
+            out.append(f"{what}: " + Path(f"/proc/{pid}/{what}").read_text())
+        except OSError as exc:
+            out.append(f"{what}: {exc}")
+    try:
+        out.append("fds: " + ", ".join(os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")))
+    except OSError as exc:
+        out.append(f"fds: {exc}")
+    return "\n".join(out)
+
+
+def start_cluster(cluster: Cluster, etcd: EtcdServer, n: int = 3, ttl: float = TTL,
                   endpoints: list[str] | None = None, **kw: Any) -> tuple[list[Node], Node]:
     nodes = [cluster.etcd_node(f"n{i}", endpoints or [etcd.endpoint], ttl=f"{ttl}s", **kw) for i in range(1, n + 1)]
     primary = wait_primary(nodes)

@@ -120,7 +120,7 @@ def test_sigterm_while_writers_are_busy(mounts: MountFactory, mode: str) -> None
         node.signal(signal.SIGTERM)
         assert node.wait(30) == 0, node.log_text()
         assert not is_mounted(str(node.mountpoint))
-        assert "received SIGTERM: unmounting" in node.log_text()
+        assert "received SIGTERM: stopping" in node.log_text()
     finally:
         for w in writers:
             w.kill()
