@@ -152,6 +152,11 @@ def test_kill_9_of_the_primary_elects_the_most_advanced_replica(etcd: EtcdServer
         assert first["k"] > reached, (first, reached)
         failover = first["t"] - killed_at
         assert failover < TTL + 5, failover  # measured precisely by bench/failover.py
+        for node in replicas:
+            if node is not new:  # `.primary` names the new primary at once
+                wait_for(lambda n=node: (n.mountpoint / ".primary").read_text().strip() == new.name, 5,
+                         f".primary on {node.name}")
+                assert node.http("/info")["primary"] == new.name
         writer.wait_commits(new.name, 50)
         primary.start()  # rejoins as a replica (its unreplicated tail, if any, is replaced)
         writer.wait_commits(new.name, 20)
@@ -320,3 +325,12 @@ def test_a_node_of_another_cluster_refuses_to_join(etcd: EtcdServer, cluster: Cl
     assert stranger.proc.returncode != 0
     assert "holds cluster" in out and "0123456789abcdef" in out
     assert primary.role() == "primary"
+
+
+def test_lease_promote_takes_over_once_caught_up(etcd: EtcdServer, cluster: Cluster, tmp_path: Path) -> None:
+    nodes, primary = start_cluster(cluster, etcd, n=1)
+    preferred = cluster.etcd_node("preferred", [etcd.endpoint], ttl=f"{TTL}s", lease={"promote": True})
+    wait_for(lambda: preferred.role() == "primary", 30, "the preferred candidate to take over")
+    assert wait_primary([primary, preferred]) is preferred
+    assert preferred.position(DB) == primary.position(DB)
+    assert primary.role() == "replica"

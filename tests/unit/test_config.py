@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from pylitefs.config import Config, ConfigError, expand_env, parse, parse_duration, parse_size, with_overrides
@@ -44,7 +46,7 @@ def test_env_expansion_in_file() -> None:
     [
         ("fuse:\n  colour: blue\n", "unknown key 'fuse.colour'"),
         ("lease:\n  colour: blue\n", "unknown key 'lease.colour'"),
-        ("lease:\n  type: consul\n", "lease.type must be one of static"),
+        ("lease:\n  type: consul\n", "lease.type must be one of static, etcd"),
         ("http:\n  addr: nowhere\n", "'http.addr': not a listen address"),
         ("lease:\n  candidate: false\n", "lease.advertise-url must name the primary"),
         ("lease:\n  candidate: false\n  advertise-url: ftp://x\ncluster:\n  secret: s\n",
@@ -123,3 +125,47 @@ def test_secret_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_no_lease_section_is_a_single_primary() -> None:
     config = parse("http:\n  addr: :4000\n")
     assert config.lease.candidate is True and config.primary_url == "http://localhost:4000"
+
+
+ETCD = "cluster:\n  secret: s\nlease:\n  type: etcd\n  hostname: n1\n"
+
+
+def test_etcd_lease_keys() -> None:
+    config = parse("lease:\n  type: etcd\n  hostname: n1\n  promote: true\n  etcd:\n"
+                   "    endpoints: [http://e1:2379, 'https://e2:2379']\n    prefix: /apps/x/\n    key: leader\n"
+                   "    ttl: 5s\n    timeout: 1s\n    tls-ca: /ca.pem\n    username: u\n    password: p\n"
+                   "http:\n  addr: :20202\ncluster:\n  secret: s\n")
+    etcd = config.lease.etcd
+    assert etcd.endpoints == ("http://e1:2379", "https://e2:2379")
+    assert (etcd.prefix, etcd.key, etcd.ttl, etcd.timeout) == ("/apps/x/", "leader", 5.0, 1.0)
+    assert (etcd.tls_ca, etcd.username, etcd.password) == ("/ca.pem", "u", "p")
+    assert config.lease.promote is True
+    assert config.own_url == "http://n1:20202"  # no advertise-url: the hostname and the HTTP port
+    assert parse(ETCD + "  etcd:\n    endpoints: http://a:1, http://b:2\n").lease.etcd.endpoints == (
+        "http://a:1", "http://b:2")
+    assert parse(ETCD).lease.etcd.endpoints == ("http://127.0.0.1:2379",)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("  etcd:\n    endpoints: []\n", "lease.etcd.endpoints must name at least one"),
+        ("  etcd:\n    endpoints: [ftp://e:1]\n", "'lease.etcd.endpoints': not an http:// or https:// URL"),
+        ("  etcd:\n    endpoints: [1, 2]\n", "must be a list of strings"),
+        ("  etcd:\n    ttl: 500ms\n", "lease.etcd.ttl must be at least 1s"),
+        ("  etcd:\n    ttl: 2s\n    timeout: 3s\n", "lease.etcd.timeout must be more than 0 and less than"),
+        ("  etcd:\n    key: a/b\n", "lease.etcd.key must be a non-empty name"),
+        ("  etcd:\n    prefix: rel/\n", "lease.etcd.prefix must start with '/'"),
+        ("  etcd:\n    tls-cert: /c.pem\n", "tls-cert and lease.etcd.tls-key go together"),
+        ("  etcd:\n    colour: blue\n", "unknown key 'lease.etcd.colour'"),
+    ],
+)
+def test_etcd_errors_name_the_key(extra: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse(ETCD + extra)
+
+
+def test_an_etcd_node_needs_the_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PYLITEFS_CLUSTER_SECRET", raising=False)
+    with pytest.raises(ConfigError, match="an etcd-leased node needs the cluster secret"):
+        parse("lease:\n  type: etcd\n")
