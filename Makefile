@@ -4,6 +4,7 @@ PY     := $(VENV)/bin/python
 PYTEST ?= $(PY) -m pytest
 ARGS   ?=
 REPL_ARGS ?=
+FAILOVER_ARGS ?=
 
 .PHONY: install test unit demo bench clean
 
@@ -25,10 +26,11 @@ unit: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(PY) -m pylitefs.demo
 
-## Benchmarks: native SQLite vs the pylitefs mount vs bindfs, in one run; then replication.
+## Benchmarks: native SQLite vs the pylitefs mount vs bindfs, in one run; then replication; then election.
 bench: $(VENV)/.installed
 	$(PY) -m bench.run $(ARGS)
 	$(PY) -m bench.replication $(REPL_ARGS)
+	$(PY) -m bench.failover $(FAILOVER_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache demo

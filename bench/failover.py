@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from pylitefs.admin import admin_call
-from pylitefs.cluster import SECRET, Cluster, wait_caught_up, wait_primary
+from pylitefs.cluster import SECRET, Cluster, wait_for, wait_primary
 from pylitefs.etcdserver import EtcdServer
 from tests.cluster.test_failover import DB, Writer, start_cluster
 
@@ -55,7 +55,9 @@ def measure(work: Path, runs: int, ttl: float) -> dict[str, dict[str, float]]:
             first = writer.wait_commits(new.name, 1)
             failovers.append(first["t"] - killed)
             primary.start()
-            wait_caught_up(new, [n for n in nodes if n is not new], DB)
+            target = new.position(DB) or (0, 0)  # the writer goes on: wait until every node got this far
+            for node in nodes:
+                wait_for(lambda n=node: (n.position(DB) or (0, 0))[0] >= target[0], 60, f"{node.name} to catch up")
         pauses: list[float] = []
         for _ in range(runs):
             primary = wait_primary(nodes)

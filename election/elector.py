@@ -357,6 +357,7 @@ class EtcdElector:
             log.warning("won term %d but cannot refresh its lease: %s", rec.term, exc)
             return
         self.mine = self.current = rec
+        self._fenced = False  # a handoff's fence belongs to the term that handed off
         self._set_deadline(sent + granted - fence_margin(granted))
         log.info("this node is primary, term %d (lease %x, ttl %.0fs)", rec.term, rec.lease_id, granted)
         try:

@@ -166,7 +166,8 @@ def wait_caught_up(primary: Node, replicas: list[Node], db: str, timeout: float 
     target = wait_for(lambda: primary.position(db), timeout, f"{db} on the primary")
     for replica in replicas:
         wait_for(lambda r=replica: r.position(db) == target, timeout,
-                 f"{replica.name} to reach {db} at TXID {target[0]} (it is at {replica.position(db)})")
+                 f"{replica.name} to reach {db} at TXID {target[0]} (it was at {replica.position(db)} "
+                 "when the wait began)")
     return target
 
 

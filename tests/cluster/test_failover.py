@@ -207,9 +207,16 @@ def test_handoff_to_a_named_candidate(etcd: EtcdServer, cluster: Cluster, tmp_pa
         again = subprocess.run([sys.executable, "-m", "pylitefs", "handoff", "--config", str(primary.config_path)],
                                capture_output=True, text=True, timeout=30)
         assert again.returncode == 1 and "not the primary" in again.stderr
+        # And back: a node that handed off leads again with writes open (its old fence is gone).
+        back = subprocess.run([sys.executable, "-m", "pylitefs", "handoff", "--config", str(target.config_path),
+                               "--to", primary.name], capture_output=True, text=True, timeout=30)
+        assert back.returncode == 0, back.stderr
+        writer.wait_commits(primary.name, 30)
+        ks = [c["k"] for c in writer.commits()]
+        assert ks == list(range(ks[0], ks[0] + len(ks)))
     finally:
         writer.finish()
-    assert primary.role() == "replica"
+    assert target.role() == "replica"
     converge(nodes)
 
 

@@ -14,10 +14,14 @@ mount. After every step the test records
   TXIDs it should: one per transaction SQLite commits, none for a step that
   commits nothing (see `Workload.run` and the `do_*` methods for the facts);
 - SQLite's committed content at that moment, byte for byte, taken with
-  `Connection.serialize()` — it reads every page through SQLite's pager, so
-  in WAL mode it includes the frames not yet checkpointed, and it does not
-  force a checkpoint (which would change what is tested); its
-  `database_checksum` must be what `-pos` reports.
+  `Connection.serialize()` of a new connection (`committed_content`) — it
+  reads every page through SQLite's pager, so in WAL mode it includes the
+  frames not yet checkpointed, and it does not force a checkpoint (which
+  would change what is tested); its `database_checksum` must be what `-pos`
+  reports. The workload's own connection must see the same content, except
+  on freelist leaf pages: their content means nothing to SQLite, and its
+  page cache may legitimately hold bytes that never reach the file (see
+  `freelist_leaves`).
 
 At the end the database's log is replayed onto an empty image: TXIDs are
 1..N, each pre-checksum is the previous post-checksum, after every TXID the
@@ -476,6 +480,44 @@ def read_log(data_dir: Path, db: str) -> list[Transaction]:
     return [txn for _, txn in iter_records(path.read_bytes())]
 
 
+def committed_content(path: Path) -> bytes:
+    """The database's committed content, as a new connection reads it through the mount.
+
+    Not the workload's own connection: its page cache may hold, on freelist
+    leaf pages, bytes that are in no file (see `freelist_leaves`). Opening
+    and closing a second connection checkpoints nothing (the workload's
+    connection stays open).
+    """
+    conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+    try:
+        return conn.serialize()
+    finally:
+        conn.close()
+
+
+def freelist_leaves(image: bytes, page_size: int) -> set[int]:
+    """The freelist leaf pages of a database image.
+
+    SQLite never reads a freelist leaf's content, so it does not keep it
+    right in its page cache: a leaf reused by a transaction is fetched with
+    PAGER_GET_NOCONTENT (zero-filled, not read, not journaled), so after a
+    ROLLBACK the connection's cache still holds what the aborted transaction
+    wrote there while the file (and every other connection) holds the
+    original; and a page dirtied then freed in one transaction is never
+    written (sqlite3PagerDontWrite). Same on a plain directory.
+    """
+    leaves: set[int] = set()
+    trunk = int.from_bytes(image[32:36], "big")
+    seen: set[int] = set()
+    while trunk and trunk not in seen and trunk * page_size <= len(image):
+        seen.add(trunk)
+        page = image[(trunk - 1) * page_size : trunk * page_size]
+        count = int.from_bytes(page[4:8], "big")
+        leaves.update(int.from_bytes(page[8 + 4 * i : 12 + 4 * i], "big") for i in range(count))
+        trunk = int.from_bytes(page[0:4], "big")
+    return leaves
+
+
 def page_size_of(image: bytes) -> int:
     size = int.from_bytes(image[16:18], "big")
     return 65536 if size == 1 else size
@@ -560,6 +602,12 @@ def differing_pages(a: bytes, b: bytes, page_size: int) -> list[int] | str:
     InsertBlob(0, 1, 5120, 4), UpdateNothing(0), Spill(0, 6), Exclusive(0, 2), Checkpoint("PASSIVE"),
     JournalMode("truncate"),
 ])
+# A ROLLBACK that leaves the aborted content of a reused freelist leaf
+# (page 14) in the connection's page cache, not in the file.
+@example(setup=Setup(None, None), workload=[
+    JournalMode("delete"), CreateTable(), Spill(0, 2), InsertBlob(0, 1, 5904, 0),
+    InsertText(0, 40), InsertText(0, 40), RolledBack(0, 4),
+])
 def test_random_workloads_are_captured_exactly(shared_mount: MountProcess, setup: Setup,
                                                workload: list[Step]) -> None:
     node = shared_mount
@@ -581,9 +629,16 @@ def test_random_workloads_are_captured_exactly(shared_mount: MountProcess, setup
         if new_txid == 0:
             assert run.one("PRAGMA page_count") == 0 and new_checksum == 0
         else:
-            content = run.conn.serialize()
+            content = committed_content(run.path)
             assert database_checksum(content, page_size_of(content)) == new_checksum, (
                 f"{what}: -pos checksum is not the checksum of SQLite's content")
+            own = run.conn.serialize()
+            page_size = page_size_of(content)
+            differing = differing_pages(own, content, page_size)
+            assert isinstance(differing, list), f"{what}: the workload's connection sees {differing}"
+            assert set(differing) <= freelist_leaves(content, page_size), (
+                f"{what}: the workload's connection sees pages {differing} differently "
+                f"(freelist leaves: {sorted(freelist_leaves(content, page_size))})")
             snapshots[new_txid] = content
             positions[new_txid] = new_checksum
         if expected == 0:

@@ -194,3 +194,24 @@ async def test_http_api_answers_get_head_and_refuses_garbage(primary: Primary) -
     assert (await exchange(b"\x16\x03\x01garbage\r\n\r\n")).startswith(b"HTTP/1.1 400")
     upgrade_missing = await exchange(b"GET /stream HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert upgrade_missing.startswith(b"HTTP/1.1 426")
+
+
+async def test_a_deposed_primary_is_refused_and_close_ends_every_session(
+        primary: Primary, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    primary.commit("a.db", {1: header_page(), 2: page(1)}, 2)
+    stale = make_replica(tmp_path, "r1", primary.url)
+    stale.client.min_term = 2  # etcd already showed term 2: the primary of term 1 is deposed
+    good = make_replica(tmp_path, "r2", primary.url)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(stale.client.run)
+        await nursery.start(good.client.run)
+        await wait_until(lambda: in_sync(primary, good, "a.db"))
+        await wait_until(lambda: "older than the current term 2" in caplog.text)
+        assert "a.db" not in stale.images and not stale.client.connected
+        # The primary steps down: every session ends, no new one starts, nothing more is sent.
+        primary.server.close()
+        await wait_until(lambda: not good.client.connected and not primary.server.replicas)
+        primary.commit("a.db", {2: page(2)}, 2)
+        await trio.sleep(0.3)
+        assert not good.client.connected and good.client.applied["a.db"][0] == 1
+        nursery.cancel_scope.cancel()
