@@ -178,6 +178,7 @@ class EtcdElector:
         self._token: trio.lowlevel.TrioToken | None = None
         self._stopping = False
         self._promote_asked = 0.0
+        self._nursery: trio.Nursery | None = None
 
     # ------------------------------------------------------------ status
 
@@ -221,6 +222,7 @@ class EtcdElector:
         cancel_watch = await self._call(self.client.watch, self._on_change)
         try:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 nursery.start_soon(self._keep_session)
                 await self._loop()
         finally:
@@ -285,8 +287,8 @@ class EtcdElector:
                 if previous is None or previous.term != rec.term:
                     log.info("primary is %s (%s), term %d", rec.hostname, rec.advertise_url, rec.term)
                 await self.roles.follow(rec.hostname, rec.advertise_url, rec.term)
-                if self.promote_wanted and self.candidate:
-                    await self._ask_promotion(rec)
+                if self.promote_wanted and self.candidate and self._nursery is not None:
+                    self._nursery.start_soon(self._ask_promotion, rec)  # never holds up the loop
             await self._sleep(self.poll_interval)
 
     # ---------------------------------------------------------- electing

@@ -113,6 +113,15 @@ def unmount(mountpoint: str) -> bool:
     return proc.returncode == 0
 
 
+def _is_exiting(pid: str) -> bool:
+    """True if process `pid` was killed and is waiting to finish exiting (its main thread is a zombie)."""
+    try:
+        with open(f"/proc/{int(pid)}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, ValueError, IndexError):
+        return False
+
+
 @contextmanager
 def data_dir_lock(data_dir: str) -> Iterator[None]:
     """Create the data dir if needed and hold its lock for the life of the mount.
@@ -129,6 +138,12 @@ def data_dir_lock(data_dir: str) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            if _is_exiting(owner):
+                raise MountError(
+                    f"data dir {data_dir} is still held by pylitefs pid {owner}, which was killed but cannot "
+                    "exit: one of its threads waits on its own FUSE mount. Abort that mount's connection "
+                    "(echo 1 > /sys/fs/fuse/connections/<minor>/abort, <minor> from /proc/self/mountinfo; "
+                    "then fusermount3 -u -z <mount point>) and start again") from None
             raise MountError(f"data dir {data_dir} is in use by another pylitefs (pid {owner})") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

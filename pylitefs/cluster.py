@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from pylitefs.process import MountProcess
+from pylitefs.process import MountProcess, abort_connection
 
 SECRET = "local-cluster-secret"
 T = TypeVar("T")
@@ -71,6 +71,23 @@ class Node(MountProcess):
     def http(self, path: str) -> dict[str, Any]:
         with urllib.request.urlopen(self.url + path, timeout=10) as resp:
             return json.loads(resp.read())
+
+    def crash(self) -> None:
+        """kill -9, as if the node's machine died.
+
+        A daemon killed while one of its own threads waits on its own mount
+        (applying, settling, a snapshot) cannot finish exiting: that thread
+        waits for an answer only the dead daemon could give, so the FUSE
+        connection stays up and everything on this host that touches the
+        mount hangs (README, "Guarantees and limits"). A dead machine has no
+        such leftovers: the connection is aborted when the process has not
+        gone within 2 s.
+        """
+        assert self.proc is not None
+        self.proc.kill()
+        if self.wait(2) is None:
+            abort_connection(str(self.mountpoint))
+            self.wait(10)
 
     def role(self) -> str | None:
         """"primary" or "replica" as the node's /info says; None if it does not answer."""
