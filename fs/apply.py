@@ -268,6 +268,8 @@ class Applier:
         self._lock_timeout = lock_timeout
         self._targets: dict[str, _Target] = {}
         self._mutex = threading.Lock()
+        # db -> (TXID, checksum) of the last transaction applied by this applier.
+        self._applied: dict[str, tuple[int, int]] = {}
 
     def apply(self, db: str, txns: Sequence[Transaction]) -> None:
         """Apply consecutive transactions of `db`, in order, each run of them under one lock.
@@ -283,6 +285,7 @@ class Applier:
         if classify(db).kind is not Kind.DATABASE:
             raise ApplyError(f"{db!r} is not a database name")
         with self._mutex, self._access.thread():
+            self._applied.pop(db, None)  # unknown until the batch is through
             run: list[Transaction] = []
             for txn in txns:
                 if txn.dropped:
@@ -294,6 +297,20 @@ class Applier:
                     run.append(txn)
             if run:
                 self._apply_run(db, merge(run))
+            last = txns[-1]
+            if not last.dropped:
+                self._applied[db] = (last.txid, last.post_checksum)
+
+    def read_applied(self, db: str, data_dir_fd: int) -> tuple[bytes, tuple[int, int] | None]:
+        """(`db`'s content in the data dir, the position this applier last applied to it), at one instant.
+
+        Taken between two applies, so the content is exactly that position's
+        (None when this applier has applied nothing to `db` since it was
+        created or since `settle`/`forget`: the caller's position then holds).
+        For scrubbing a replica: its files change only through the applier.
+        """
+        with self._mutex:
+            return committed_content(data_dir_fd, db).image, self._applied.get(db)
 
     def settle(self, db: str, data_dir_fd: int) -> bytes:
         """Make `db`'s file in the mount hold exactly its committed content; return that content.
@@ -309,6 +326,7 @@ class Applier:
         if classify(db).kind is not Kind.DATABASE:
             raise ApplyError(f"{db!r} is not a database name")
         with self._mutex, self._access.thread():
+            self._applied.pop(db, None)
             # Reopen: whatever the applier knew of the file predates the primary's term.
             target = self._targets.pop(db, None)
             if target is not None:
@@ -378,6 +396,7 @@ class Applier:
     def forget(self, db: str) -> None:
         """Close `db`'s descriptors (e.g. before something else than the applier changes it)."""
         with self._mutex:
+            self._applied.pop(db, None)
             target = self._targets.pop(db, None)
             if target is not None:
                 target.close()

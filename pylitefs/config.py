@@ -130,6 +130,16 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ScrubConfig:
+    """`scrub:` — the background check of every database's file against its recorded position."""
+
+    #: Pause between two passes over every database; 0 (the default) turns scrubbing off.
+    interval: Duration = Duration(0.0)
+    #: At most this many bytes read per second.
+    rate: ByteSize = ByteSize(64 * 10**6)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration of a node."""
 
@@ -138,6 +148,7 @@ class Config:
     lease: LeaseConfig = field(default_factory=LeaseConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    scrub: ScrubConfig = field(default_factory=ScrubConfig)
 
     @property
     def hostname(self) -> str:
@@ -179,6 +190,8 @@ class Config:
             raise ConfigError(f"data.dir ({data_dir}) must not be inside fuse.dir ({fuse_dir})")
         if fuse_dir.startswith(data_dir + os.sep):
             raise ConfigError(f"fuse.dir ({fuse_dir}) must not be inside data.dir ({data_dir})")
+        if self.scrub.rate <= 0:
+            raise ConfigError("scrub.rate must be more than 0")
         if self.data.retention_monitor_interval <= 0:
             raise ConfigError("data.retention-monitor-interval must be more than 0")
         if self.lease.type not in LEASE_TYPES:

@@ -39,6 +39,7 @@ from pylitefs import __version__
 from pylitefs.admin import admin_call
 from pylitefs.config import Config, parse_addr
 from pylitefs.http import HttpServer, StreamHandler
+from pylitefs.scrub import Scrubber
 from pylitefs.startup import _remove_database, recover_databases, recover_replica_databases
 from replication.checksum import database_checksum
 from replication.primary import PrimaryServer, SnapshotSource
@@ -144,6 +145,7 @@ class Node:
         self.ops: Operations | None = None  # set by run() once built
         self.nursery: trio.Nursery | None = None
         self.elector: StaticElector | EtcdElector | None = None
+        self.scrubber: Scrubber | None = None
         self.role = "replica"
         self.term = 0
         self.primary_server: PrimaryServer | None = None
@@ -288,6 +290,39 @@ class Node:
             os.fsync(f.fileno())
         os.rename(tmp, self._role_path)
 
+    # ------------------------------------------------------------ scrubbing
+
+    async def scrub_read(self, db: str) -> tuple[bytes, tuple[int, int] | None] | None:
+        """`db`'s committed content and the position it must match, at one instant (None: not now)."""
+        if self.role == "primary":
+            try:
+                return await trio.to_thread.run_sync(
+                    read_consistent, self.options.mountpoint, self.options.data_dir, db, self.access,
+                    lambda: self.store.position(db))
+            except FileNotFoundError:
+                return None
+        replica = self.replica
+        before = replica.applied.get(db)
+
+        def read() -> tuple[bytes, tuple[int, int] | None]:
+            dir_fd = os.open(self.options.data_dir, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                return self.applier.read_applied(db, dir_fd)
+            finally:
+                os.close(dir_fd)
+
+        image, applied = await trio.to_thread.run_sync(read)
+        if applied is None:  # nothing applied since the start: the replica's position holds, if it held still
+            applied = replica.applied.get(db)
+            if applied != before or applied != self.store.position(db) or self.role != "replica":
+                return None
+        return image, applied
+
+    async def scrub_mismatch(self, db: str) -> None:
+        """A replica's copy is wrong: it asks for a snapshot. The primary's is only reported."""
+        if self.role != "primary" and await self.replica.request_resync(db):
+            log.warning("scrub: asked the primary for a snapshot of %s to repair this copy", db)
+
     # ------------------------------------------------------------ status
 
     def position(self, db: str) -> tuple[int, int] | None:
@@ -326,6 +361,8 @@ class Node:
         positions = self.store.positions() if self.role == "primary" else dict(self.replica.applied)
         out["databases"] = {db: {"txid": txid, "checksum": f"{checksum:016x}"}
                             for db, (txid, checksum) in sorted(positions.items())}
+        if self.scrubber is not None:
+            out["scrub"] = self.scrubber.status()
         server = self.primary_server
         if server is not None:
             out["replicas"] = {
@@ -403,6 +440,10 @@ async def run(config: Config, *, capture: bool = True) -> None:
                     raise MountError(f"cannot listen on http.addr {config.http.addr}: {exc.strerror}") from None
                 bound = listeners[0].socket.getsockname()
                 nursery.start_soon(monitor_retention, store, config.data.retention_monitor_interval)
+                if config.scrub.interval > 0:
+                    node.scrubber = Scrubber(store.databases, node.scrub_read, node.scrub_mismatch,
+                                             interval=config.scrub.interval, rate=config.scrub.rate)
+                    nursery.start_soon(node.scrubber.run)
                 if etcd:  # whatever role comes next, the files must hold committed content only
                     await trio.to_thread.run_sync(node.settle_all)
                 await nursery.start(_run_elector, elector)

@@ -126,6 +126,7 @@ class ReplicaClient:
         self._sync_wanted = trio.Event()
         # Positions whose log is fsynced (what an Ack promises).
         self._synced: dict[str, tuple[int, int]] = dict(self.applied)
+        self._stream: MessageStream | None = None  # while connected
 
     # ---------------------------------------------------------------- status
 
@@ -226,10 +227,27 @@ class ReplicaClient:
         self.connected = True
         log.info("replicating from %s (%s, term %d)", self.primary, self.primary_url, self.term)
         send, receive = trio.open_memory_channel[_Pending](RECEIVE_QUEUE)
-        async with open_task_group() as nursery:
-            nursery.start_soon(self._apply_loop, receive, stream)
-            nursery.start_soon(self._sync_loop, stream)
-            await self._receive_loop(stream, send)
+        self._stream = stream
+        try:
+            async with open_task_group() as nursery:
+                nursery.start_soon(self._apply_loop, receive, stream)
+                nursery.start_soon(self._sync_loop, stream)
+                await self._receive_loop(stream, send)
+        finally:
+            self._stream = None
+
+    async def request_resync(self, db: str) -> bool:
+        """Ask the primary for a snapshot of `db` (its copy here cannot be trusted); False if not connected.
+
+        Transactions of `db` that arrive meanwhile are ignored; the snapshot
+        replaces the copy and its log.
+        """
+        stream = self._stream
+        if stream is None or db in self._diverged:
+            return False
+        self._diverged.add(db)
+        await stream.send(Resync(db))
+        return True
 
     async def _handshake(self, stream: MessageStream) -> None:
         cluster_id = self._cluster_id()

@@ -169,3 +169,11 @@ def test_an_etcd_node_needs_the_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PYLITEFS_CLUSTER_SECRET", raising=False)
     with pytest.raises(ConfigError, match="an etcd-leased node needs the cluster secret"):
         parse("lease:\n  type: etcd\n")
+
+
+def test_scrub_keys() -> None:
+    assert parse("").scrub.interval == 0  # off by default
+    config = parse("scrub:\n  interval: 5m\n  rate: 10MB\n")
+    assert (config.scrub.interval, config.scrub.rate) == (300.0, 10 * 10**6)
+    with pytest.raises(ConfigError, match="scrub.rate must be more than 0"):
+        parse("scrub:\n  rate: 0\n")
