@@ -53,3 +53,12 @@ class ReadOnlyDatabase(FsError):
     """An application tried to write or truncate a database file on a replica."""
 
     errno = errno.EROFS
+
+
+class TooFarAhead(FsError):
+    """The primary has more unacknowledged transactions than `replication.max-lag` and none came in time.
+
+    EIO: the application's write (and so its transaction) fails; nothing of it is committed.
+    """
+
+    errno = errno.EIO

@@ -59,6 +59,8 @@ CACHE_TIMEOUT = 3600.0
 POSITION_TIMEOUT = 1.0
 #: File handles of virtual files start here, far above any descriptor number.
 _FIRST_VIRTUAL_FH = 1 << 32
+#: Files whose application writes pass the admission check (a `-shm` write never waits).
+_ADMITTED = frozenset({Kind.DATABASE, Kind.JOURNAL, Kind.WAL})
 POSITION_SIZE = 34  # 16 hex digits, '/', 16 hex digits, newline (LiteFS's format)
 #: Root files served by the daemon from its `ClusterStatus` (LiteFS's names).
 PRIMARY_FILE = ".primary"
@@ -122,13 +124,17 @@ class Operations(pyfuse3.Operations):
         sink: CommitSink | None = None,
         access: Access | None = None,
         status: ClusterStatus | None = None,
+        admission: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         """Serve `data_dir`.
 
         With a `sink`, every transaction committed through the mount while
         `access.writable()` is captured into it, and `<db>-pos` files show
         `sink.position(db)`. Without `access`, the mount is a primary. With a
-        `status`, the root holds `.lag` and (on a replica) `.primary`.
+        `status`, the root holds `.lag` and (on a replica) `.primary`. With
+        `admission`, an application's write to a database, journal or WAL on
+        the primary first awaits `admission(db)`, which may hold it (bounded
+        replication lag) or raise an FsError.
         """
         super().__init__()
         self.data_dir = data_dir
@@ -140,6 +146,7 @@ class Operations(pyfuse3.Operations):
         self._capture = Capture(sink, self._dir_fd) if sink is not None else None
         self._access = access if access is not None else Access(primary=True)
         self._status = status
+        self._admission = admission
         self._virtual: dict[int, Callable[[], bytes]] = {}  # fh of an open virtual file -> content
         self._next_virtual_fh = _FIRST_VIRTUAL_FH
 
@@ -541,6 +548,9 @@ class Operations(pyfuse3.Operations):
         handle = self._handles[fh]
         inode = handle.inode
         kind = inode.kind
+        if (self._admission is not None and not handle.privileged and inode.name is not None
+                and kind in _ADMITTED and self._access.writable()):
+            await self._admission(inode.name.database)  # decided again below: the role may change meanwhile
         capture = self._write_access(Op.WRITE, kind, handle.privileged)
         if off < len(SQLITE_MAGIC) and kind is Kind.DATABASE:
             _check_database_header(off, buf)

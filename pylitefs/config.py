@@ -130,6 +130,16 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplicationConfig:
+    """`replication:` — how far the primary may run ahead of its replicas."""
+
+    #: Transactions of one database not yet acknowledged by any replica before new writes wait; 0 = no bound.
+    max_lag: int = 0
+    #: How long a write waits for an acknowledgement before it fails with an I/O error.
+    max_lag_timeout: Duration = Duration(10.0)
+
+
+@dataclass(frozen=True, slots=True)
 class ScrubConfig:
     """`scrub:` — the background check of every database's file against its recorded position."""
 
@@ -149,6 +159,7 @@ class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     scrub: ScrubConfig = field(default_factory=ScrubConfig)
+    replication: ReplicationConfig = field(default_factory=ReplicationConfig)
 
     @property
     def hostname(self) -> str:
@@ -190,6 +201,10 @@ class Config:
             raise ConfigError(f"data.dir ({data_dir}) must not be inside fuse.dir ({fuse_dir})")
         if fuse_dir.startswith(data_dir + os.sep):
             raise ConfigError(f"fuse.dir ({fuse_dir}) must not be inside data.dir ({data_dir})")
+        if self.replication.max_lag < 0:
+            raise ConfigError("replication.max-lag must be 0 (no bound) or more")
+        if self.replication.max_lag_timeout <= 0:
+            raise ConfigError("replication.max-lag-timeout must be more than 0")
         if self.scrub.rate <= 0:
             raise ConfigError("scrub.rate must be more than 0")
         if self.data.retention_monitor_interval <= 0:

@@ -29,6 +29,7 @@ from election.elector import ClusterMismatch, EtcdElector, HandoffError, StaticE
 from election.etcd import EtcdSettings
 from fs.access import Access
 from fs.apply import Applier
+from fs.errors import TooFarAhead
 from fs.formats.dbheader import parse_db_header
 from fs.locks import LockTimeout
 from fs.mount import MountError, MountOptions, data_dir_lock, preflight, serve
@@ -290,6 +291,35 @@ class Node:
             os.fsync(f.fileno())
         os.rename(tmp, self._role_path)
 
+    # ------------------------------------------------------------ bounded lag
+
+    def unacknowledged(self, db: str) -> int:
+        """Transactions of `db` logged on the primary that no replica has acknowledged in this term."""
+        server = self.primary_server
+        position = self.store.position(db)
+        if server is None or position is None:
+            return 0
+        return max(0, position[0] - server.acked.get(db, 0))
+
+    async def admit(self, db: str) -> None:
+        """Hold an application's write while `db` is `replication.max-lag` transactions ahead of every replica.
+
+        Raises TooFarAhead (EIO) when no acknowledgement brings it back
+        within `replication.max-lag-timeout`.
+        """
+        limit = self.config.replication.max_lag
+        server = self.primary_server
+        if limit <= 0 or server is None or self.unacknowledged(db) < limit:
+            return
+        with trio.move_on_after(self.config.replication.max_lag_timeout):
+            while self.unacknowledged(db) >= limit and self.primary_server is server:
+                await server.wait_ack()
+            return
+        message = (f"{db}: {self.unacknowledged(db)} transactions not acknowledged by any replica "
+                   f"(replication.max-lag {limit}); refusing a write")
+        log.warning("%s", message)
+        raise TooFarAhead(message)
+
     # ------------------------------------------------------------ scrubbing
 
     async def scrub_read(self, db: str) -> tuple[bytes, tuple[int, int] | None] | None:
@@ -416,7 +446,7 @@ async def run(config: Config, *, capture: bool = True) -> None:
         access = Access(primary=False)
         node = Node(config, options, store, access, cluster, state_dir)
         ops = node.ops = Operations(options.data_dir, _Sink(node) if capture else None, access=access,
-                                    status=node)
+                                    status=node, admission=node.admit if config.replication.max_lag else None)
         elector: StaticElector | EtcdElector
         if etcd:
             elector = EtcdElector(

@@ -117,6 +117,8 @@ class PrimaryServer:
         self._scopes: dict[str, trio.CancelScope] = {}
         self._closed = False
         self._acked = trio.Event()
+        #: db -> the highest TXID any replica acknowledged (or had when it connected) in this term.
+        self.acked: dict[str, int] = {}
 
     def close(self) -> None:
         """End every session and refuse new ones (this node stopped being primary in this term)."""
@@ -132,9 +134,16 @@ class PrimaryServer:
                 return
             await self._acked.wait()
 
-    def _note_ack(self) -> None:
+    def _note_ack(self, positions: dict[str, tuple[int, int]]) -> None:
+        for db, (txid, _) in positions.items():
+            if txid > self.acked.get(db, 0):
+                self.acked[db] = txid
         self._acked.set()
         self._acked = trio.Event()
+
+    async def wait_ack(self) -> None:
+        """Return at the next acknowledgement from any replica."""
+        await self._acked.wait()
 
     async def serve(self, stream: MessageStream, peer: str) -> None:
         """Run one replica's session until it disconnects.
@@ -289,7 +298,7 @@ class _Session:
             if isinstance(msg, Ack):
                 self.state.positions.update(msg.positions)
                 self.state.acked_at = time.time()
-                self.server._note_ack()
+                self.server._note_ack(msg.positions)
             elif isinstance(msg, Resync):
                 log.warning("replica %s asks for a snapshot of %s", self.state.node_id, msg.db)
                 self.resync.add(msg.db)

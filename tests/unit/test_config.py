@@ -177,3 +177,11 @@ def test_scrub_keys() -> None:
     assert (config.scrub.interval, config.scrub.rate) == (300.0, 10 * 10**6)
     with pytest.raises(ConfigError, match="scrub.rate must be more than 0"):
         parse("scrub:\n  rate: 0\n")
+
+
+def test_replication_keys() -> None:
+    config = parse("replication:\n  max-lag: 100\n  max-lag-timeout: 2s\n")
+    assert (config.replication.max_lag, config.replication.max_lag_timeout) == (100, 2.0)
+    assert parse("").replication.max_lag == 0
+    with pytest.raises(ConfigError, match="replication.max-lag must be 0"):
+        parse("replication:\n  max-lag: -1\n")
