@@ -97,7 +97,6 @@ class LeaderInfo:
     primary: str | None
     url: str | None
     term: int
-    is_primary: bool
 
 
 class StaticElector:
@@ -110,8 +109,7 @@ class StaticElector:
         self.primary_url = primary_url
 
     def info(self) -> LeaderInfo:
-        return LeaderInfo(self.hostname if self.candidate else None, self.primary_url, STATIC_TERM,
-                          self.candidate)
+        return LeaderInfo(self.hostname if self.candidate else None, self.primary_url, STATIC_TERM)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         if self.candidate:
@@ -185,7 +183,7 @@ class EtcdElector:
     def info(self) -> LeaderInfo:
         rec = self.current
         return LeaderInfo(rec.hostname if rec else None, rec.advertise_url if rec else None,
-                          rec.term if rec else 0, self.mine is not None)
+                          rec.term if rec else 0)
 
     # -------------------------------------------------------------- etcd
 
@@ -512,5 +510,5 @@ class ClusterMismatch(Exception):
 
 Elector = StaticElector | EtcdElector
 
-__all__ = ["ClusterMismatch", "EtcdElector", "HandoffError", "LeaderInfo", "Roles", "StaticElector",
+__all__ = ["ClusterMismatch", "Elector", "EtcdElector", "HandoffError", "LeaderInfo", "Roles", "StaticElector",
            "fence_margin", "score"]

@@ -341,7 +341,7 @@ class Applier:
                 image = committed_content(data_dir_fd, db).image
                 if _says_wal(image[:_READ_VERSION_OFFSET + 1]) and not _exists(data_dir_fd, f"{db}-wal"):
                     # A primary's last connection deleted it; a replica's readers cannot create it.
-                    os.close(os.open(self._path(f"{db}-wal"), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE))
+                    _create_empty(self._path(f"{db}-wal"))
                 return image
             return self._settle(db, data_dir_fd)
 
@@ -372,14 +372,9 @@ class Applier:
                 target.size = len(image)
                 final_wal = _says_wal(image[:_READ_VERSION_OFFSET + 1])
                 wal = self._path(f"{db}-wal")
-                if target.wal_exists and not final_wal:
-                    _unlink_quietly(wal)
-                    target.wal_exists = False
-                elif target.wal_exists and os.stat(wal).st_size:
+                if final_wal and target.wal_exists and os.stat(wal).st_size:
                     os.truncate(wal, 0)
-                elif final_wal and not target.wal_exists:
-                    os.close(os.open(wal, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE))
-                    target.wal_exists = True
+                self._match_wal(db, target, final_wal)
                 _unlink_quietly(self._path(f"{db}-journal"))
                 if shm is not None:
                     shm.n_page = len(image) // page_size
@@ -463,13 +458,7 @@ class Applier:
                 if not target.journal_checked:
                     _unlink_quietly(self._path(f"{db}-journal"))
                     target.journal_checked = True
-                if final_wal and not target.wal_exists:
-                    os.close(os.open(self._path(f"{db}-wal"), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC,
-                                     _FILE_MODE))
-                    target.wal_exists = True
-                elif not final_wal and target.wal_exists:
-                    _unlink_quietly(self._path(f"{db}-wal"))
-                    target.wal_exists = False
+                self._match_wal(db, target, final_wal)
                 if shm is not None:
                     shm.publish()
                 target.wal_mode = final_wal
@@ -479,6 +468,15 @@ class Applier:
             self._targets.pop(db, None)
             target.close()
             raise
+
+    def _match_wal(self, db: str, target: _Target, wal_mode: bool) -> None:
+        """`<db>-wal` exists (empty when created) exactly while the database is in WAL mode."""
+        if wal_mode and not target.wal_exists:
+            _create_empty(self._path(f"{db}-wal"))
+            target.wal_exists = True
+        elif not wal_mode and target.wal_exists:
+            _unlink_quietly(self._path(f"{db}-wal"))
+            target.wal_exists = False
 
     def _open_shm(self, db: str, target: _Target) -> None:
         """Open (create) `db`'s `-shm` and take DMS shared for as long as it stays open."""
@@ -583,6 +581,11 @@ def _write_all(fd: int, buffers: list[bytes], offset: int) -> int:
             written += n
             rest = rest[n:]
     return offset + total
+
+
+def _create_empty(path: str) -> None:
+    """Create the file at `path` if it does not exist (through the mount: an empty `-wal`)."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE))
 
 
 def _unlink_quietly(path: str) -> None:

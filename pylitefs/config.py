@@ -174,18 +174,19 @@ class Config:
     @property
     def primary_url(self) -> str:
         """The primary's base URL (http://host:port), for replicas to connect to."""
-        if self.lease.advertise_url:
-            return self.lease.advertise_url.rstrip("/")
-        host, port = parse_addr(self.http.addr)
-        return f"http://{host if host not in ('', '0.0.0.0', '::') else 'localhost'}:{port}"
+        return self._advertised_url("localhost")
 
     @property
     def own_url(self) -> str:
         """This node's base URL as other nodes reach it (etcd lease): lease.advertise-url, or from http.addr."""
+        return self._advertised_url(self.hostname)
+
+    def _advertised_url(self, wildcard_host: str) -> str:
+        """lease.advertise-url, or http://HOST:PORT of http.addr (`wildcard_host` for an all-interfaces host)."""
         if self.lease.advertise_url:
             return self.lease.advertise_url.rstrip("/")
         host, port = parse_addr(self.http.addr)
-        return f"http://{host if host not in ('', '0.0.0.0', '::') else self.hostname}:{port}"
+        return f"http://{host if host not in ('', '0.0.0.0', '::') else wildcard_host}:{port}"
 
     def validate(self) -> Config:
         """Return self, or raise ConfigError for contradictory settings."""
@@ -221,10 +222,7 @@ class Config:
             if not self.lease.advertise_url:
                 raise ConfigError("lease.advertise-url must name the primary's URL on a replica "
                                   "(lease.candidate: false)")
-            try:
-                parse_url(self.lease.advertise_url)
-            except ValueError as exc:
-                raise ConfigError(f"'lease.advertise-url': {exc}") from None
+            _check_url("lease.advertise-url", self.lease.advertise_url)
             if not self.secret:
                 raise ConfigError(f"a replica needs the cluster secret: set cluster.secret or ${SECRET_ENV}")
         return self
@@ -234,10 +232,7 @@ class Config:
         if not etcd.endpoints:
             raise ConfigError("lease.etcd.endpoints must name at least one etcd endpoint")
         for endpoint in etcd.endpoints:
-            try:
-                parse_url(endpoint, schemes=("http", "https"))
-            except ValueError as exc:
-                raise ConfigError(f"'lease.etcd.endpoints': {exc}") from None
+            _check_url("lease.etcd.endpoints", endpoint, schemes=("http", "https"))
         if etcd.ttl < 1:
             raise ConfigError("lease.etcd.ttl must be at least 1s (etcd grants whole seconds)")
         if etcd.timeout <= 0 or etcd.timeout >= etcd.ttl:
@@ -249,10 +244,7 @@ class Config:
         if bool(etcd.tls_cert) != bool(etcd.tls_key):
             raise ConfigError("lease.etcd.tls-cert and lease.etcd.tls-key go together")
         if self.lease.advertise_url:
-            try:
-                parse_url(self.lease.advertise_url)
-            except ValueError as exc:
-                raise ConfigError(f"'lease.advertise-url': {exc}") from None
+            _check_url("lease.advertise-url", self.lease.advertise_url)
         if not self.secret:
             raise ConfigError(f"an etcd-leased node needs the cluster secret: set cluster.secret or ${SECRET_ENV}")
 
@@ -275,6 +267,14 @@ def parse_url(url: str, schemes: tuple[str, ...] = ("http",)) -> tuple[str, int]
     except ValueError:
         raise ValueError(f"bad port in {url!r}") from None
     return parts.hostname, port
+
+
+def _check_url(key: str, url: str, schemes: tuple[str, ...] = ("http",)) -> None:
+    """ConfigError naming `key` unless `url` is a URL with one of `schemes` and a host."""
+    try:
+        parse_url(url, schemes)
+    except ValueError as exc:
+        raise ConfigError(f"'{key}': {exc}") from None
 
 
 _ENV_PATTERN = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")

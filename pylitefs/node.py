@@ -15,6 +15,7 @@ receives through its own mount and refuses application writes.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -25,12 +26,11 @@ from typing import Any, TypeVar
 
 import trio
 
-from election.elector import ClusterMismatch, EtcdElector, HandoffError, StaticElector
+from election.elector import ClusterMismatch, Elector, EtcdElector, HandoffError, StaticElector
 from election.etcd import EtcdSettings
 from fs.access import Access
 from fs.apply import Applier
 from fs.errors import TooFarAhead
-from fs.formats.dbheader import parse_db_header
 from fs.locks import LockTimeout
 from fs.mount import MountError, MountOptions, data_dir_lock, preflight, serve
 from fs.operations import Operations
@@ -42,7 +42,7 @@ from pylitefs.config import Config, parse_addr
 from pylitefs.http import HttpServer, StreamHandler
 from pylitefs.scrub import Scrubber
 from pylitefs.startup import _remove_database, recover_databases, recover_replica_databases
-from replication.checksum import database_checksum
+from replication.checksum import image_checksum
 from replication.primary import PrimaryServer, SnapshotSource
 from replication.replica import ReplicaClient
 from replication.store import Store
@@ -91,13 +91,18 @@ class ClusterId:
 
     def adopt(self, value: str) -> None:
         """Store `value` as this node's cluster id (durably)."""
-        tmp = self.path + ".tmp"
-        with open(tmp, "w", encoding="ascii") as f:
-            f.write(value + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, self.path)
+        _write_line(self.path, value)
         self.value = value
+
+
+def _write_line(path: str, text: str) -> None:
+    """Replace the file at `path` with `text` and a newline, durably (write a copy, fsync, rename)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="ascii") as f:
+        f.write(text + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(tmp, path)
 
 
 class _Sink:
@@ -145,7 +150,7 @@ class Node:
         self._role_path = os.path.join(state_dir, ROLE_FILE)
         self.ops: Operations | None = None  # set by run() once built
         self.nursery: trio.Nursery | None = None
-        self.elector: StaticElector | EtcdElector | None = None
+        self.elector: Elector | None = None
         self.scrubber: Scrubber | None = None
         self.role = "replica"
         self.term = 0
@@ -255,14 +260,15 @@ class Node:
             primary_url="",
             apply=apply, cluster_id=self.cluster.get, adopt_cluster_id=self.cluster.adopt)
 
-    def settle_all(self) -> None:
+    def settle_all(self, *, verify: bool = True) -> None:
         """After a term: every database file holds its committed content and matches its log (blocking).
 
         A transaction cut by the fence leaves a hot journal or uncommitted WAL
         frames, and the WAL holds committed frames the replica's applier would
         not see: `Applier.settle` writes the committed content into the file
-        and empties the WAL. A file that then does not match its log (which
-        should not happen) is discarded loudly: the primary sends a snapshot.
+        and empties the WAL. With `verify`, a file that then does not match
+        its log (which should not happen) is discarded loudly: the primary
+        sends a snapshot. (At start, recovery has just made that comparison.)
         """
         dir_fd = os.open(self.options.data_dir, os.O_RDONLY | os.O_DIRECTORY)
         try:
@@ -270,10 +276,11 @@ class Node:
                 self.store.sync(db)
             for db in sorted(set(databases(dir_fd)) | set(self.store.databases())):
                 image = _retry_locked(lambda db=db: self.applier.settle(db, dir_fd), f"settle {db}")
+                if not verify:
+                    continue
                 last = self.store.last(db)
                 expected = 0 if last is None or last.dropped else last.post_checksum
-                page_size = parse_db_header(image).page_size if len(image) >= 100 else 0
-                actual = database_checksum(image, page_size) if image else 0
+                actual = image_checksum(image)
                 if actual != expected:
                     log.error("%s: after the term its content (checksum %016x) does not match its log "
                               "(%016x); discarding it, the primary will send a snapshot", db, actual, expected)
@@ -284,12 +291,7 @@ class Node:
             os.close(dir_fd)
 
     def _write_role(self, role: str) -> None:
-        tmp = self._role_path + ".tmp"
-        with open(tmp, "w", encoding="ascii") as f:
-            f.write(role + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, self._role_path)
+        _write_line(self._role_path, role)
 
     # ------------------------------------------------------------ bounded lag
 
@@ -447,7 +449,7 @@ async def run(config: Config, *, capture: bool = True) -> None:
         node = Node(config, options, store, access, cluster, state_dir)
         ops = node.ops = Operations(options.data_dir, _Sink(node) if capture else None, access=access,
                                     status=node, admission=node.admit if config.replication.max_lag else None)
-        elector: StaticElector | EtcdElector
+        elector: Elector
         if etcd:
             elector = EtcdElector(
                 node, _etcd_settings(config), hostname=config.hostname, advertise_url=config.own_url,
@@ -475,7 +477,7 @@ async def run(config: Config, *, capture: bool = True) -> None:
                                              interval=config.scrub.interval, rate=config.scrub.rate)
                     nursery.start_soon(node.scrubber.run)
                 if etcd:  # whatever role comes next, the files must hold committed content only
-                    await trio.to_thread.run_sync(node.settle_all)
+                    await trio.to_thread.run_sync(functools.partial(node.settle_all, verify=False))
                 await nursery.start(_run_elector, elector)
                 log.info("pylitefs ready: %s mounted (data dir %s), %s, http on %s:%d", options.mountpoint,
                          options.data_dir, _role_text(config), bound[0], bound[1])
@@ -491,7 +493,7 @@ async def run(config: Config, *, capture: bool = True) -> None:
             store.close()
 
 
-async def _run_elector(elector: StaticElector | EtcdElector, *,
+async def _run_elector(elector: Elector, *,
                        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     try:
         await elector.run(task_status=task_status)

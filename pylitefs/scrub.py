@@ -18,8 +18,7 @@ from typing import Any
 
 import trio
 
-from fs.formats.dbheader import parse_db_header
-from replication.checksum import database_checksum
+from replication.checksum import image_checksum
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +35,6 @@ class ScrubResult:
     expected: str  # the position's checksum (16 hex digits)
     actual: str  # the content's checksum
     ok: bool
-
-
-def content_checksum(image: bytes) -> int:
-    """The checksum of a database image (0 for no database)."""
-    if len(image) < 100:
-        return 0
-    return database_checksum(image, parse_db_header(image).page_size)
 
 
 class Scrubber:
@@ -76,7 +68,7 @@ class Scrubber:
         if got is None:
             return None
         image, position = got
-        actual = await trio.to_thread.run_sync(content_checksum, image)
+        actual = await trio.to_thread.run_sync(image_checksum, image)
         txid, expected = position or (0, 0)
         result = ScrubResult(time.time(), txid, f"{expected:016x}", f"{actual:016x}", actual == expected)
         self.results[db] = result
@@ -94,4 +86,4 @@ class Scrubber:
                 "databases": {db: asdict(r) for db, r in sorted(self.results.items())}}
 
 
-__all__ = ["ReadFn", "ScrubResult", "Scrubber", "content_checksum"]
+__all__ = ["ReadFn", "ScrubResult", "Scrubber"]

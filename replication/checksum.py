@@ -25,8 +25,9 @@ from functools import reduce
 from operator import xor
 
 from fs.formats import FormatError, check_page_size, lock_page
+from fs.formats.dbheader import parse_db_header
 
-__all__ = ["ChecksumError", "HashUpdate", "PageHashes", "database_checksum", "page_hash"]
+__all__ = ["ChecksumError", "HashUpdate", "PageHashes", "database_checksum", "image_checksum", "page_hash"]
 
 _DIGEST = 8
 
@@ -211,3 +212,11 @@ class PageHashes:
 def database_checksum(image: bytes | bytearray | memoryview, page_size: int) -> int:
     """The checksum of a whole database image, computed from scratch."""
     return PageHashes.from_image(image, page_size).checksum
+
+
+def image_checksum(image: bytes | bytearray | memoryview) -> int:
+    """The checksum of a whole database image, page size from its header (0 for no database)."""
+    if len(image) < 100:
+        return 0
+    return database_checksum(image, parse_db_header(image).page_size)
+

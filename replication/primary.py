@@ -132,7 +132,7 @@ class PrimaryServer:
             state = self.replicas.get(node_id)
             if state is not None and all(state.positions.get(db) == pos for db, pos in positions.items()):
                 return
-            await self._acked.wait()
+            await self.wait_ack()
 
     def _note_ack(self, positions: dict[str, tuple[int, int]]) -> None:
         for db, (txid, _) in positions.items():

@@ -57,6 +57,7 @@ if __name__ == "__main__":  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pylitefs.process import abort_connection, force_unmount, is_mounted  # noqa: E402
+from replication.log import TransactionLog, replay  # noqa: E402
 
 HARNESS = Path(__file__).resolve()
 
@@ -360,3 +361,19 @@ def _child(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     _child(sys.argv[1:])
+
+
+def position(harness: ReplicaHarness, db: str) -> int:
+    """The TXID the harness's `<db>-pos` shows."""
+    return int((harness.mountpoint / f"{db}-pos").read_text().split("/")[0], 16)
+
+
+def replayed_log(harness: ReplicaHarness, db: str) -> tuple[int, bytes]:
+    """(last TXID, the database its replay builds) of `db`'s log under the harness's data dir."""
+    txlog = TransactionLog.open(harness.data_dir / ".pylitefs" / "logs" / f"{db}.log", readonly=True)
+    try:
+        assert txlog.last is not None, f"{db} has no logged transaction"
+        return txlog.last.txid, replay(txlog)
+    finally:
+        txlog.close()
+

@@ -12,36 +12,18 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from fs.recovery import committed_content
-from replication.log import TransactionLog, replay
 from tests.conftest import integrity
-from tests.replica_harness import ReplicaHarness
+from tests.replica_harness import ReplicaHarness, position, replayed_log
 
 pytestmark = pytest.mark.fuse
 
 DB = "app.db"
 INSERT = "INSERT INTO t(v) VALUES(randomblob(3000))"
-
-
-@pytest.fixture
-def primary(tmp_path: Path) -> Iterator[ReplicaHarness]:
-    harness = ReplicaHarness(tmp_path / "mnt", tmp_path / "data", tmp_path / "harness.log",
-                             primary=True, primary_host=None)
-    harness.start()
-    try:
-        yield harness
-    finally:
-        harness.stop()
-
-
-def position(harness: ReplicaHarness) -> int:
-    """The TXID `<db>-pos` shows."""
-    return int((harness.mountpoint / f"{DB}-pos").read_text().split("/")[0], 16)
 
 
 def rows(db: Path) -> int:
@@ -64,7 +46,7 @@ def test_writes_fail_past_the_deadline_and_nothing_is_logged(primary: ReplicaHar
         # A deadline in the future changes nothing.
         assert primary.request({"cmd": "fence", "in": 3600}) == {"writable": True}
         conn.execute(INSERT)
-        committed = position(primary)
+        committed = position(primary, DB)
         assert rows(db) == 6
 
         assert primary.request({"cmd": "fence", "in": 0}) == {"writable": False}
@@ -74,7 +56,7 @@ def test_writes_fail_past_the_deadline_and_nothing_is_logged(primary: ReplicaHar
                     conn.execute(sql)
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            assert position(primary) == committed
+            assert position(primary, DB) == committed
             assert integrity(db) == "ok"  # a reader on this host
             assert rows(db) == 6
         if mode == "delete":
@@ -83,19 +65,15 @@ def test_writes_fail_past_the_deadline_and_nothing_is_logged(primary: ReplicaHar
         # The lease is renewed late: the same connection writes again, captured as the next TXID.
         assert primary.request({"cmd": "fence", "in": None}) == {"writable": True}
         conn.execute(INSERT)
-        assert position(primary) == committed + 1
+        assert position(primary, DB) == committed + 1
         assert rows(db) == 7
     finally:
         conn.close()
     assert integrity(db) == "ok"
-    last = position(primary)
+    last = position(primary, DB)
     assert primary.stop() == 0
-    txlog = TransactionLog.open(primary.data_dir / ".pylitefs" / "logs" / f"{DB}.log", readonly=True)
-    try:
-        assert txlog.last is not None and txlog.last.txid == last
-        logged = replay(txlog, last)
-    finally:
-        txlog.close()
+    last_logged, logged = replayed_log(primary, DB)
+    assert last_logged == last
     dir_fd = os.open(primary.data_dir, os.O_RDONLY | os.O_DIRECTORY)
     try:
         assert committed_content(dir_fd, DB).image == logged

@@ -19,7 +19,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,9 +26,8 @@ import pytest
 from fs.formats.dbheader import parse_db_header
 from fs.formats.shm import parse_checkpoint_info, parse_shm_header
 from fs.recovery import committed_content, hot_journal
-from replication.log import TransactionLog, replay
 from tests.conftest import integrity
-from tests.replica_harness import ReplicaHarness
+from tests.replica_harness import ReplicaHarness, position, replayed_log
 
 pytestmark = pytest.mark.fuse
 
@@ -39,21 +37,6 @@ ROWS = 20
 WRITES = ("write", "setattr", "create", "unlink", "rename", "fsync")
 
 
-@pytest.fixture
-def primary(tmp_path: Path) -> Iterator[ReplicaHarness]:
-    harness = ReplicaHarness(tmp_path / "mnt", tmp_path / "data", tmp_path / "harness.log",
-                             primary=True, primary_host=None)
-    harness.start()
-    try:
-        yield harness
-    finally:
-        harness.stop()
-
-
-def position(harness: ReplicaHarness) -> int:
-    return int((harness.mountpoint / f"{DB}-pos").read_text().split("/")[0], 16)
-
-
 def committed(harness: ReplicaHarness) -> bytes:
     """The committed content of DB as the data dir holds it (read only)."""
     dir_fd = os.open(harness.data_dir, os.O_RDONLY | os.O_DIRECTORY)
@@ -61,6 +44,14 @@ def committed(harness: ReplicaHarness) -> bytes:
         return committed_content(dir_fd, DB, undo_hot_journal=True).image
     finally:
         os.close(dir_fd)
+
+
+def fill(conn: sqlite3.Connection, mode: str) -> None:
+    """Put `conn`'s database in journal `mode` and commit ROWS rows into table t, one per transaction."""
+    assert conn.execute(f"PRAGMA journal_mode={mode}").fetchone()[0] == mode
+    conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
+    for i in range(ROWS):
+        conn.execute("INSERT INTO t(id, v) VALUES(?, randomblob(2000))", (i,))
 
 
 def read_elsewhere(path: Path) -> bytes:
@@ -95,20 +86,15 @@ def rows_in_image(image: bytes, tmp_path: Path) -> list[int]:
 
 def promote_and_commit(harness: ReplicaHarness, conn: sqlite3.Connection) -> None:
     """Primary again: the next commit of an open connection is logged as the next TXID."""
-    last = position(harness)
+    last = position(harness, DB)
     assert harness.request({"cmd": "role", "primary": True}) == {"writable": True}
     conn.execute("INSERT INTO t(id, v) VALUES(1000, randomblob(100))")
-    assert position(harness) == last + 1
+    assert position(harness, DB) == last + 1
 
 
 def assert_log_replays_to_the_database(harness: ReplicaHarness) -> None:
     """After the harness stopped: the log's replay is the committed content of the data dir."""
-    txlog = TransactionLog.open(harness.data_dir / ".pylitefs" / "logs" / f"{DB}.log", readonly=True)
-    try:
-        logged = replay(txlog)
-    finally:
-        txlog.close()
-    assert committed(harness) == logged
+    assert committed(harness) == replayed_log(harness, DB)[1]
 
 
 def settle_behind_a_reader(harness: ReplicaHarness, reader: sqlite3.Connection, expected: bytes) -> None:
@@ -147,17 +133,14 @@ def test_wal_committed_frames_move_into_the_database(
     writer = sqlite3.connect(mnt / DB, timeout=5, isolation_level=None)
     reader = sqlite3.connect(mnt / DB, timeout=5, isolation_level=None)
     try:
-        assert writer.execute("PRAGMA journal_mode=wal").fetchone()[0] == "wal"
         writer.execute("PRAGMA wal_autocheckpoint=0")
-        writer.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
-        for i in range(ROWS):
-            writer.execute("INSERT INTO t(id, v) VALUES(?, randomblob(2000))", (i,))
+        fill(writer, "wal")
         assert reader.execute("SELECT count(*) FROM t").fetchone()[0] == ROWS
         assert (data / f"{DB}-wal").stat().st_size > 0
         expected = committed(primary)
         assert rows_in_image(expected, tmp_path) == list(range(ROWS))
         assert (data / DB).read_bytes() != expected  # the rows are in the WAL only
-        txid = position(primary)
+        txid = position(primary, DB)
 
         assert primary.request({"cmd": "role", "primary": False}) == {"writable": False}
         if reading:
@@ -179,7 +162,7 @@ def test_wal_committed_frames_move_into_the_database(
         assert [r[0] for r in reader.execute("SELECT id FROM t ORDER BY id")] == list(range(ROWS))
         assert writer.execute("SELECT count(*) FROM t").fetchone()[0] == ROWS
         assert integrity(mnt / DB) == "ok"
-        assert position(primary) == txid  # settling logs nothing
+        assert position(primary, DB) == txid  # settling logs nothing
         # Settling again finds nothing to do. (Closing the applier's `-shm` descriptor may make
         # the kernel write back the page SQLite's mmap dirtied: writes of `-shm` are not counted.)
         stamps = [(data / name).stat().st_mtime_ns for name in (DB, f"{DB}-wal")]
@@ -218,12 +201,9 @@ def test_hot_journal_of_a_killed_writer_is_rolled_back(
     mnt, data = primary.mountpoint, primary.data_dir
     conn = sqlite3.connect(mnt / DB, timeout=5, isolation_level=None)
     try:
-        assert conn.execute(f"PRAGMA journal_mode={mode}").fetchone()[0] == mode
-        conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
-        for i in range(ROWS):
-            conn.execute("INSERT INTO t(id, v) VALUES(?, randomblob(2000))", (i,))
+        fill(conn, mode)
         before = (data / DB).read_bytes()
-        txid = position(primary)
+        txid = position(primary, DB)
 
         spiller = subprocess.Popen([sys.executable, "-c", SPILLER, str(mnt / DB)],
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -240,7 +220,7 @@ def test_hot_journal_of_a_killed_writer_is_rolled_back(
         finally:
             os.close(dir_fd)
         assert (data / DB).read_bytes() != before  # uncommitted pages reached the file
-        assert position(primary) == txid
+        assert position(primary, DB) == txid
 
         assert primary.request({"cmd": "role", "primary": False}) == {"writable": False}
         assert committed(primary) == before
@@ -252,7 +232,7 @@ def test_hot_journal_of_a_killed_writer_is_rolled_back(
         assert not (mnt / f"{DB}-journal").exists()
         assert integrity(mnt / DB) == "ok"
         assert [r[0] for r in conn.execute("SELECT id FROM t ORDER BY id")] == list(range(ROWS))
-        assert position(primary) == txid
+        assert position(primary, DB) == txid
 
         promote_and_commit(primary, conn)
     finally:
@@ -267,10 +247,7 @@ def test_nothing_to_settle_writes_nothing(primary: ReplicaHarness, mode: str) ->
     mnt, data = primary.mountpoint, primary.data_dir
     conn = sqlite3.connect(mnt / DB, timeout=5, isolation_level=None)
     try:
-        assert conn.execute(f"PRAGMA journal_mode={mode}").fetchone()[0] == mode
-        conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
-        for i in range(ROWS):
-            conn.execute("INSERT INTO t(id, v) VALUES(?, randomblob(2000))", (i,))
+        fill(conn, mode)
         if mode == "wal":
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             assert (data / f"{DB}-wal").stat().st_size == 0
