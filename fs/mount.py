@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import pyfuse3
 import trio
 
+from fs.guard import start_guard, stop_guard
 from fs.operations import Operations
 
 log = logging.getLogger(__name__)
@@ -170,12 +171,15 @@ async def serve(
     MountErrors before anything is mounted.
 
     Calls `task_status.started()` once the mount is in place. Always unmounts
-    before returning, also when cancelled or failing.
+    before returning, also when cancelled or failing. A guard process
+    (fs/guard.py) aborts the mount's connection if this process is killed
+    while one of its threads is stuck on the mount.
     """
     try:
         pyfuse3.init(ops, options.mountpoint, options.fuse_options())
     except RuntimeError as exc:
         raise MountError(f"cannot mount {options.mountpoint}: {exc}") from None
+    guard = start_guard(options.mountpoint)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(pyfuse3.main)
@@ -184,4 +188,5 @@ async def serve(
         # unmount=True detaches lazily: processes that still hold files get
         # ENOTCONN, and SQLite recovers their hot journals at the next open.
         pyfuse3.close(unmount=True)
+        stop_guard(guard)
         log.info("unmounted %s", options.mountpoint)

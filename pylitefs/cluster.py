@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from pylitefs.process import MountProcess, abort_connection
+from pylitefs.process import MountProcess
 
 SECRET = "local-cluster-secret"
 T = TypeVar("T")
@@ -73,21 +73,15 @@ class Node(MountProcess):
             return json.loads(resp.read())
 
     def crash(self) -> None:
-        """kill -9, as if the node's machine died.
+        """kill -9, as if the node's machine died; returns once the daemon is gone.
 
         A daemon killed while one of its own threads waits on its own mount
-        (applying, settling, a snapshot) cannot finish exiting: that thread
-        waits for an answer only the dead daemon could give, so the FUSE
-        connection stays up and everything on this host that touches the
-        mount hangs (README, "Guarantees and limits"). A dead machine has no
-        such leftovers: the connection is aborted when the process has not
-        gone within 2 s.
+        is finished by its guard (fs/guard.py), as a dead machine would be.
         """
         assert self.proc is not None
         self.proc.kill()
-        if self.wait(2) is None:
-            abort_connection(str(self.mountpoint))
-            self.wait(10)
+        if self.wait(10) is None:
+            raise AssertionError(f"{self.name}: pylitefs pid {self.proc.pid} did not exit after kill -9")
 
     def role(self) -> str | None:
         """"primary" or "replica" as the node's /info says; None if it does not answer."""

@@ -17,9 +17,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fs.fusectl import abort_connection, mount_device_minor
 from fs.mount import unmount
 
-FUSECTL_DIR = "/sys/fs/fuse/connections"
+__all__ = ["MountProcess", "MountProcessError", "abort_connection", "force_unmount", "is_mounted"]
+
 READY_MARKER = "pylitefs ready"
 
 
@@ -27,43 +29,9 @@ class MountProcessError(Exception):
     """The daemon did not come up; the message carries its log."""
 
 
-def mount_device_minor(mountpoint: str) -> int | None:
-    """The FUSE connection number of the mount at `mountpoint`, from mountinfo.
-
-    Read from /proc so that it works even when the mount no longer answers.
-    """
-    target = os.path.abspath(mountpoint)
-    try:
-        with open("/proc/self/mountinfo", encoding="utf-8") as f:
-            lines = f.readlines()
-    except OSError:
-        return None
-    for line in reversed(lines):
-        parts = line.split()
-        if len(parts) > 4 and parts[4] == target and "fuse" in line.split(" - ", 1)[-1]:
-            return int(parts[2].split(":")[1])
-    return None
-
-
 def is_mounted(mountpoint: str) -> bool:
     """True when a FUSE filesystem is mounted at `mountpoint` (live or stale)."""
     return mount_device_minor(mountpoint) is not None
-
-
-def abort_connection(mountpoint: str) -> bool:
-    """Abort the FUSE connection of `mountpoint` through fusectl; True if done."""
-    minor = mount_device_minor(mountpoint)
-    if minor is None:
-        return False
-    if not os.path.isdir(os.path.join(FUSECTL_DIR, str(minor))):
-        subprocess.run(["mount", "-t", "fusectl", "none", FUSECTL_DIR],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
-    try:
-        with open(os.path.join(FUSECTL_DIR, str(minor), "abort"), "w", encoding="ascii") as f:
-            f.write("1")
-    except OSError:
-        return False
-    return True
 
 
 def force_unmount(mountpoint: str) -> None:
