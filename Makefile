@@ -5,6 +5,7 @@ PYTEST ?= $(PY) -m pytest
 ARGS   ?=
 REPL_ARGS ?=
 FAILOVER_ARGS ?=
+SYNC_ARGS ?=
 
 .PHONY: install test unit demo bench clean
 
@@ -26,11 +27,12 @@ unit: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(PY) -m pylitefs.demo
 
-## Benchmarks: native SQLite vs the pylitefs mount vs bindfs, in one run; then replication; then election.
+## Benchmarks: native SQLite vs the pylitefs mount vs bindfs, in one run; then replication; then election; then sync.
 bench: $(VENV)/.installed
 	$(PY) -m bench.run $(ARGS)
 	$(PY) -m bench.replication $(REPL_ARGS)
 	$(PY) -m bench.failover $(FAILOVER_ARGS)
+	$(PY) -m bench.sync $(SYNC_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache demo

@@ -16,6 +16,15 @@ commit points (DESIGN.md §3) and hands each committed transaction to a
   write is acknowledged. If the sink fails, the commit frame is invalidated
   in the file, so the WAL agrees with the error SQLite receives.
 
+Synchronous replication: with a `CommitGate` that `holds(db)`, the write,
+truncate or unlink that would complete a commit of `db` is performed only
+after the transaction is logged *and* `gate.confirm` returned (the mount's
+handler awaits `Capture.confirm`; for WAL, `wal_write_held` tracks the write
+before performing it). If confirmation fails, the transaction is taken back
+(`gate.retract`) and the application's write fails with EIO, so SQLite has
+not committed: a WAL commit frame never reaches the file (its salts are
+zeroed too); a rollback journal stays hot and the database rolls back.
+
 A rollback-mode database written while no journal is hot (`journal_mode=MEMORY`
 or `OFF`) is refused with EIO before anything reaches the file: such a
 transaction has no commit point on disk and cannot be replicated.
@@ -33,7 +42,7 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from fs.errors import FsError
 from fs.formats import FormatError
@@ -53,8 +62,13 @@ _WAL_VERSION = 2
 class CommitSink(Protocol):
     """Where captured transactions go (implemented by `replication.store.Store`)."""
 
-    def commit(self, db: str, page_size: int, commit_size: int, pages: Mapping[int, bytes]) -> None:
-        """Record a committed transaction; appended to the log when it returns, or raises."""
+    def commit(self, db: str, page_size: int, commit_size: int, pages: Mapping[int, bytes],
+               *, retractable: bool = False) -> None:
+        """Record a committed transaction; appended to the log when it returns, or raises.
+
+        `retractable` (only passed when a `CommitGate` holds `db`): it may be
+        taken back by the gate's `retract` until confirmed.
+        """
 
     def drop(self, db: str) -> None:
         """`db` was deleted."""
@@ -67,6 +81,27 @@ class CommitSink(Protocol):
 
     def position(self, db: str) -> tuple[int, int] | None:
         """(TXID, checksum) after the last transaction of `db`, or None."""
+
+
+class CommitGate(Protocol):
+    """Holds commits until enough replicas have them (synchronous replication; implemented by the node)."""
+
+    def holds(self, db: str) -> bool:
+        """Whether commits of `db` wait for `confirm` (False: the asynchronous path, unchanged)."""
+
+    async def confirm(self, db: str, txid: int, checksum: int) -> None:
+        """Return once TXID `txid` (post-checksum `checksum`) of `db` may commit; raise FsError if it must fail."""
+
+    def retract(self, db: str, txid: int) -> None:
+        """Take back TXID `txid` of `db` and anything logged after it: the commit failed."""
+
+
+class _Held(NamedTuple):
+    """A logged transaction whose commit point waits for the gate."""
+
+    db: str
+    txid: int
+    checksum: int
 
 
 class CaptureError(FsError):
@@ -83,16 +118,24 @@ class _Database:
     dirty: dict[int, int] = field(default_factory=dict)  # db write offset -> length
     wal: WalTracker | None = None
     wal_mode: bool | None = None  # header byte 19 == 2, as last written (None: not read yet)
+    # After a held WAL commit failed: its frame size. Writes that do not start
+    # a frame are refused until one does (the kernel splits a write at page
+    # boundaries, and SQLite retries the rest of a short write).
+    wal_refuse: int = 0
 
 
 class Capture:
     """Recognises the commit points of every database in one data dir."""
 
-    def __init__(self, sink: CommitSink, dir_fd: int) -> None:
+    def __init__(self, sink: CommitSink, dir_fd: int, gate: CommitGate | None = None) -> None:
         self._sink = sink
         self._dir_fd = dir_fd
+        self._gate = gate
         self._dbs: dict[str, _Database] = {}
         self._unsynced: set[str] = set()
+        #: Set when a journal call logged a transaction the gate holds: the
+        #: caller must `await confirm()` before performing the operation.
+        self.held: _Held | None = None
 
     def _db(self, name: str) -> _Database:
         state = self._dbs.get(name)
@@ -252,7 +295,70 @@ class Capture:
                 raise
         return written
 
-    def _invalidate_frame(self, db: str, page_size: int, frame: int) -> None:
+    async def wal_write_held(self, db: str, off: int, data: bytes, write: Callable[[], int]) -> int:
+        """`wal_write` for a database the gate holds: a write that completes a commit waits for the gate.
+
+        The write is tracked before it is performed; a commit it completes is
+        logged, confirmed, and only then written. If the gate (or the write)
+        fails, the transaction is taken back, the commit frame is
+        invalidated and the error raised: the WAL holds no commit.
+        """
+        state = self._dbs.get(db) or self._db(db)
+        if state.wal_refuse:
+            if off > WAL_HEADER_SIZE and (off - WAL_HEADER_SIZE) % state.wal_refuse:
+                raise CaptureError(f"{db}: the rest of a WAL write whose commit failed")
+            state.wal_refuse = 0
+        if state.wal is None:
+            state.wal = self._load_wal(db)
+        try:
+            commits = state.wal.write(off, data)
+        except BaseException:
+            state.wal = None
+            raise
+        if not commits:
+            try:
+                return write()
+            except BaseException:
+                state.wal = None  # the tracker saw a write the file did not get
+                raise
+        assert self._gate is not None
+        first: _Held | None = None
+        try:
+            for commit in commits:
+                held = self._hand_over(db, commit.page_size, commit.commit_size, commit.pages,
+                                       retractable=first is None)
+                first = first or held
+            self.held = None  # confirmed right here, not by the caller
+            assert held is not None
+            await self._gate.confirm(db, held.txid, held.checksum)
+            written = write()
+        except BaseException:
+            if first is not None:
+                self._gate.retract(db, first.txid)
+            self._invalidate_frame(db, commits[0].page_size, commits[0].last_frame,
+                                   "its transaction was not replicated")
+            state.wal = None
+            state.wal_refuse = commits[0].page_size + FRAME_HEADER_SIZE
+            raise
+        if written != len(data):
+            state.wal = None  # the tracker saw more than the file got: rebuild it from the file
+        return written
+
+    async def confirm(self) -> None:
+        """Wait for the gate to confirm the transaction in `held`; on failure take it back and raise."""
+        held, self.held = self.held, None
+        if held is None or self._gate is None:
+            return
+        try:
+            await self._gate.confirm(*held)
+        except BaseException:
+            self._gate.retract(held.db, held.txid)
+            # The operation that would have committed is not performed: the journal stays hot.
+            self._db(held.db).journal_magic = self._read_journal_magic(held.db)
+            raise
+
+    def _invalidate_frame(self, db: str, page_size: int, frame: int,
+                          reason: str = "its transaction could not be logged") -> None:
         """Zero the salts of WAL frame `frame` (1-based) in the data dir, fsynced."""
         offset = WAL_HEADER_SIZE + (frame - 1) * (FRAME_HEADER_SIZE + page_size) + _FRAME_SALT_OFFSET
         fd = os.open(f"{db}-wal", os.O_WRONLY, dir_fd=self._dir_fd)
@@ -261,7 +367,7 @@ class Capture:
             os.fsync(fd)
         finally:
             os.close(fd)
-        log.error("%s: WAL frame %d invalidated: its transaction could not be logged", db, frame)
+        log.error("%s: WAL frame %d invalidated: %s", db, frame, reason)
 
     def wal_truncated(self, db: str, size: int) -> None:
         """Called after `db`'s WAL was truncated to `size` bytes."""
@@ -314,13 +420,26 @@ class Capture:
         for db in list(self._unsynced):
             self.sync(db)
 
-    def _hand_over(self, db: str, page_size: int, commit_size: int, pages: Mapping[int, bytes]) -> None:
+    def _hand_over(self, db: str, page_size: int, commit_size: int, pages: Mapping[int, bytes],
+                   *, retractable: bool = True) -> _Held | None:
+        """Log the transaction; when the gate holds `db`, return its position (and set `held`)."""
+        gate = self._gate
+        holds = gate is not None and gate.holds(db)
         try:
-            self._sink.commit(db, page_size, commit_size, pages)
+            if holds:
+                self._sink.commit(db, page_size, commit_size, pages, retractable=retractable)
+            else:
+                self._sink.commit(db, page_size, commit_size, pages)
         except Exception:
             log.exception("cannot record a transaction of %s; failing the application's commit", db)
             raise CaptureError(f"{db}: cannot record the transaction") from None
         self._unsynced.add(db)
+        if not holds:
+            return None
+        position = self._sink.position(db)
+        assert position is not None
+        self.held = _Held(db, *position)
+        return self.held
 
     def _read_journal_magic(self, db: str) -> bytes:
         try:

@@ -45,7 +45,7 @@ import pyfuse3
 import trio
 
 from fs.access import Access, ClusterStatus, Op, replica_refusal
-from fs.capture import Capture, CommitSink
+from fs.capture import Capture, CommitGate, CommitSink
 from fs.errors import FsError, InvalidContent, NotFound, NotPermitted, Unsupported
 from fs.inodes import ROOT_INODE, Inode, InodeTable
 from fs.names import FileName, Kind, classify, is_valid
@@ -125,6 +125,7 @@ class Operations(pyfuse3.Operations):
         access: Access | None = None,
         status: ClusterStatus | None = None,
         admission: Callable[[str], Awaitable[None]] | None = None,
+        gate: CommitGate | None = None,
     ) -> None:
         """Serve `data_dir`.
 
@@ -134,7 +135,10 @@ class Operations(pyfuse3.Operations):
         `status`, the root holds `.lag` and (on a replica) `.primary`. With
         `admission`, an application's write to a database, journal or WAL on
         the primary first awaits `admission(db)`, which may hold it (bounded
-        replication lag) or raise an FsError.
+        replication lag) or raise an FsError. With a `gate`, the write,
+        truncate or unlink that completes a commit of a database the gate
+        holds is performed only once the gate confirmed the logged
+        transaction (synchronous replication; see fs.capture).
         """
         super().__init__()
         self.data_dir = data_dir
@@ -143,7 +147,8 @@ class Operations(pyfuse3.Operations):
         self._handles: dict[int, Handle] = {}
         self._root_mtime_ns = os.stat(self._dir_fd).st_mtime_ns
         self._sink = sink
-        self._capture = Capture(sink, self._dir_fd) if sink is not None else None
+        self._gate = gate
+        self._capture = Capture(sink, self._dir_fd, gate) if sink is not None else None
         self._access = access if access is not None else Access(primary=True)
         self._status = status
         self._admission = admission
@@ -190,7 +195,7 @@ class Operations(pyfuse3.Operations):
         mount, before the node becomes writable.
         """
         if self._sink is not None:
-            self._capture = Capture(self._sink, self._dir_fd)
+            self._capture = Capture(self._sink, self._dir_fd, self._gate)
 
     # ----------------------------------------------------------- attributes
 
@@ -378,11 +383,11 @@ class Operations(pyfuse3.Operations):
         capture = self._write_access(ops, node.kind, privileged)
         if fields.update_size:
             if isinstance(target, int):
-                self._truncate(node, target, attr.st_size, capture)
+                await self._truncate(node, target, attr.st_size, capture)
             else:
                 fd = os.open(target, os.O_WRONLY, dir_fd=self._dir_fd)
                 try:
-                    self._truncate(node, fd, attr.st_size, capture)
+                    await self._truncate(node, fd, attr.st_size, capture)
                 finally:
                     os.close(fd)
         if fields.update_mode:
@@ -404,7 +409,7 @@ class Operations(pyfuse3.Operations):
         return self._inode_attrs(node)
 
     @staticmethod
-    def _truncate(node: Inode, fd: int, size: int, capture: Capture | None) -> None:
+    async def _truncate(node: Inode, fd: int, size: int, capture: Capture | None) -> None:
         """Truncate the file open as `fd` to `size`, telling `capture` (if any) around it."""
         db = node.name.database if capture is not None and node.name is not None else None
         if capture is None or db is None:
@@ -412,6 +417,8 @@ class Operations(pyfuse3.Operations):
             return
         if node.kind is Kind.JOURNAL:
             capture.journal_truncate(db, size)
+            if capture.held is not None:
+                await capture.confirm()
         elif node.kind is Kind.DATABASE:
             capture.database_truncate(db, os.fstat(fd).st_size, size)
         os.ftruncate(fd, size)
@@ -447,6 +454,8 @@ class Operations(pyfuse3.Operations):
         capture = self._write_access(Op.REMOVE, fname.kind, self._privileged(ctx))
         if capture is not None and fname.kind is Kind.JOURNAL:
             capture.journal_unlink(fname.database)
+            if capture.held is not None:
+                await capture.confirm()
         os.unlink(fname.name, dir_fd=self._dir_fd)
         self._inodes.unbind(fname.name)
         if capture is not None:
@@ -502,7 +511,7 @@ class Operations(pyfuse3.Operations):
         fd = os.open(node.name.name, flags & ~_STRIP_OPEN_FLAGS, dir_fd=self._dir_fd)
         if flags & os.O_TRUNC:  # libfuse asks for atomic O_TRUNC: it arrives here
             try:
-                self._truncate(node, fd, 0, capture)
+                await self._truncate(node, fd, 0, capture)
             except BaseException:
                 os.close(fd)
                 raise
@@ -558,11 +567,15 @@ class Operations(pyfuse3.Operations):
             return os.pwrite(fh, buf, off)
         db = inode.name.database
         if kind is Kind.WAL:
+            if self._gate is not None and self._gate.holds(db):
+                return await capture.wal_write_held(db, off, buf, lambda: os.pwrite(fh, buf, off))
             return capture.wal_write(db, off, buf, lambda: os.pwrite(fh, buf, off))
         if kind is Kind.DATABASE:
             capture.database_write(db, off, buf)
         elif kind is Kind.JOURNAL:
             capture.journal_write(db, off, buf)
+            if capture.held is not None:
+                await capture.confirm()
         return os.pwrite(fh, buf, off)
 
     @fuse_handler

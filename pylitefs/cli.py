@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -12,8 +13,8 @@ from typing import Any
 import trio
 
 from fs.mount import MountError
-from pylitefs import __version__, node, tools
-from pylitefs.admin import AdminError, admin_call
+from pylitefs import __version__, clusterview, node, tools
+from pylitefs.admin import AdminError, admin_call, get_json, upload
 from pylitefs.config import Config, ConfigError, load, parse_addr, with_overrides
 
 log = logging.getLogger("pylitefs")
@@ -50,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
         tool.add_argument("--name", required=True, metavar="DB", help="database name, e.g. app.db")
         if name == "export":
             tool.add_argument("--txid", type=int, help="TXID to export (default: the last)")
+            tool.add_argument("--url", metavar="URL",
+                              help="fetch a consistent copy of the live database from the node at URL "
+                                   "(GET /export, admin token from --config or the environment)")
             tool.add_argument("file", metavar="FILE", help="where to write the copy")
         tool.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     handoff = sub.add_parser("handoff", help="on the primary: pass the lease to a caught-up candidate")
@@ -57,6 +61,21 @@ def build_parser() -> argparse.ArgumentParser:
     handoff.add_argument("--to", metavar="NODE", help="the candidate to hand over to (default: the most caught up)")
     handoff.add_argument("--url", metavar="URL", help="the node's HTTP address (default: from http.addr)")
     handoff.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    for name, text in (("status", "a table of the cluster: every node's role, term, positions and lag"),
+                       ("verify", "compare every node's position with its recomputed on-disk checksum"),
+                       ("import", "on the primary: replace a database with a SQLite file, as one transaction")):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("--config", "-config", metavar="FILE",
+                         help="config file (for http.addr and the admin token)")
+        cmd.add_argument("--url", metavar="URL", action="append" if name != "import" else None,
+                         help="a node's HTTP address (default: from http.addr)"
+                              + ("; repeat it for nodes the others do not know" if name != "import" else ""))
+        if name == "status":
+            cmd.add_argument("--json", action="store_true", help="print every node's status as JSON")
+        if name == "import":
+            cmd.add_argument("--name", required=True, metavar="DB", help="database name, e.g. app.db")
+            cmd.add_argument("file", metavar="FILE", help="the SQLite database to import")
+        cmd.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
 
 
@@ -72,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _mount(args)
     if args.command == "handoff":
         return _handoff(args)
+    if args.command in ("status", "verify", "import"):
+        return {"status": _status, "verify": _verify, "import": _import}[args.command](args)
     return _tool(args)
 
 
@@ -95,10 +116,15 @@ def _tool(args: argparse.Namespace) -> int:
         if args.command == "log":
             for line in tools.log_lines(config.data.dir, args.name):
                 print(line)
+        elif args.url:
+            if args.txid is not None:
+                raise tools.ToolError("--txid needs the local log: a node exports its current position only")
+            txid, checksum = tools.export_remote(args.url, args.name, args.file, config.admin_token)
+            print(f"exported {args.name} at TXID {txid} (checksum {checksum:016x}) from {args.url} to {args.file}")
         else:
             txid, checksum = tools.export(config.data.dir, args.name, args.file, args.txid)
             print(f"exported {args.name} at TXID {txid} (checksum {checksum:016x}) to {args.file}")
-    except tools.ToolError as exc:
+    except (tools.ToolError, AdminError) as exc:
         print(f"pylitefs: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     return 0
@@ -108,10 +134,9 @@ def _handoff(args: argparse.Namespace) -> int:
     config = _config(args)
     if config is None:
         return EXIT_USAGE
-    host, port = parse_addr(config.http.addr)
-    url = args.url or f"http://{host if host not in ('', '0.0.0.0', '::') else '127.0.0.1'}:{port}"
+    url = args.url or _local_url(config)
     try:
-        status, payload = admin_call(url, "/handoff", {"to": args.to} if args.to else {}, config.secret)
+        status, payload = admin_call(url, "/handoff", {"to": args.to} if args.to else {}, config.admin_token)
     except AdminError as exc:
         print(f"pylitefs: {exc}", file=sys.stderr)
         return EXIT_FAILURE
@@ -122,18 +147,87 @@ def _handoff(args: argparse.Namespace) -> int:
     return 0
 
 
+def _local_url(config: Config) -> str:
+    """The URL of the node that `config` configures, on this host."""
+    host, port = parse_addr(config.http.addr)
+    return f"http://{host if host not in ('', '0.0.0.0', '::') else '127.0.0.1'}:{port}"
+
+
+def _discover(args: argparse.Namespace, config: Config) -> list[clusterview.NodeView]:
+    token = config.admin_token
+    return clusterview.discover(args.url or [_local_url(config)],
+                                lambda url, path: get_json(url, path, token=token, timeout=5))
+
+
+def _status(args: argparse.Namespace) -> int:
+    config = _config(args)
+    if config is None:
+        return EXIT_USAGE
+    views = _discover(args, config)
+    if args.json:
+        print(json.dumps({v.name: v.status or {"error": v.error, "url": v.url, "seen_by_primary": v.seen_by_primary}
+                          for v in views}, indent=1, sort_keys=True))
+    else:
+        print(clusterview.table(clusterview.status_rows(views)))
+    return EXIT_FAILURE if any(v.error is not None for v in views) else 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    config = _config(args)
+    if config is None:
+        return EXIT_USAGE
+    results: dict[str, dict[str, Any] | str] = {}
+    for view in _discover(args, config):
+        if view.url is None:
+            results[view.name] = "its URL is not known (a replica of a static lease): give it with --url"
+        elif view.error is not None:
+            results[view.name] = view.error
+        else:
+            try:
+                code, answer = get_json(view.url, "/verify", token=config.admin_token, timeout=600)
+            except AdminError as exc:
+                results[view.name] = str(exc)
+                continue
+            results[view.name] = answer if code == 200 else f"HTTP {code}: {answer.get('error', '')}"
+    verdicts = clusterview.verdicts(results)
+    for verdict in verdicts:
+        for line in verdict.lines:
+            print(line)
+    bad = [v.node for v in verdicts if not v.ok]
+    print(f"DISAGREES: {', '.join(bad)}" if bad else f"all {len(verdicts)} node(s) agree")
+    return EXIT_FAILURE if bad else 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    config = _config(args)
+    if config is None:
+        return EXIT_USAGE
+    url = args.url or _local_url(config)
+    try:
+        code, answer = upload(url, "/import", {"name": args.name}, config.admin_token, args.file)
+    except (AdminError, OSError) as exc:
+        print(f"pylitefs: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    if code != 200:
+        print(f"pylitefs: import refused (HTTP {code}): {answer.get('error', '')}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"imported {args.file} as {args.name}: TXID {answer['txid']} (checksum {answer['checksum']})")
+    return 0
+
+
 def _mount(args: argparse.Namespace) -> int:
     config = _config(args)
     if config is None:
         return EXIT_USAGE
     failures: list[str] = []
+    code = 0  # with `exec`: the application's exit status
     try:
-        trio.run(functools.partial(node.run, config, capture=args.capture))
+        code = trio.run(functools.partial(node.run, config, capture=args.capture))
     except* MountError as group:
         failures = [str(exc) for exc in group.exceptions]
     for message in failures:
         print(f"pylitefs: {message}", file=sys.stderr)
-    return EXIT_FAILURE if failures else 0
+    return EXIT_FAILURE if failures else code
 
 
 if __name__ == "__main__":

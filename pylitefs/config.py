@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import shlex
 import socket
 import typing
 import urllib.parse
@@ -28,6 +29,8 @@ DEFAULT_DATA_DIR = "/var/lib/litefs"
 DEFAULT_HTTP_ADDR = ":20202"
 #: Environment variable read for the cluster secret when `cluster.secret` is not set.
 SECRET_ENV = "PYLITEFS_CLUSTER_SECRET"
+#: Environment variable read for the admin token when `http.admin-token` is not set.
+ADMIN_TOKEN_ENV = "PYLITEFS_ADMIN_TOKEN"
 LEASE_TYPES = ("static", "etcd")
 DEFAULT_ETCD_ENDPOINTS = ("http://127.0.0.1:2379",)
 
@@ -116,6 +119,8 @@ class HttpConfig:
     """`http:` — one port for the HTTP API and the replication stream."""
 
     addr: str = DEFAULT_HTTP_ADDR
+    #: Token of the admin calls (handoff, import, export, verify); empty: $PYLITEFS_ADMIN_TOKEN, else the secret.
+    admin_token: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,14 +134,42 @@ class ClusterConfig:
     id: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class ReplicationConfig:
-    """`replication:` — how far the primary may run ahead of its replicas."""
+SYNC_FALLBACKS = ("fail", "async")
 
+
+@dataclass(frozen=True, slots=True)
+class ReplicationPolicy:
+    """What one database's commits wait for on the primary (`replication:` or one `replication.databases` entry)."""
+
+    #: Replicas that must have durably stored a transaction before its commit returns; 0 = asynchronous.
+    sync: int = 0
+    #: How long a commit waits for those acknowledgements.
+    sync_timeout: Duration = Duration(5.0)
+    #: Then: `fail` (the application gets an I/O error, nothing committed) or `async` (it commits anyway).
+    sync_fallback: str = "fail"
     #: Transactions of one database not yet acknowledged by any replica before new writes wait; 0 = no bound.
     max_lag: int = 0
     #: How long a write waits for an acknowledgement before it fails with an I/O error.
     max_lag_timeout: Duration = Duration(10.0)
+    #: Bytes of logged transactions of one database no replica acknowledged before new writes wait; 0 = no bound.
+    max_lag_bytes: ByteSize = ByteSize(0)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicationConfig(ReplicationPolicy):
+    """`replication:` — how far the primary may run ahead of its replicas; `databases:` overrides per database."""
+
+    #: Database name -> the keys of `ReplicationPolicy` that differ for it (coerced values).
+    databases: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def policy(self, db: str) -> ReplicationPolicy:
+        """The settings that apply to database `db`: its `databases` entry over the section's own."""
+        base = {f.name: getattr(self, f.name) for f in dataclasses.fields(ReplicationPolicy)}
+        return ReplicationPolicy(**{**base, **self.databases.get(db, {})})
+
+    def policies(self) -> list[ReplicationPolicy]:
+        """The section's own policy and every per-database one."""
+        return [self.policy("")] + [self.policy(db) for db in self.databases]
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +180,44 @@ class ScrubConfig:
     interval: Duration = Duration(0.0)
     #: At most this many bytes read per second.
     rate: ByteSize = ByteSize(64 * 10**6)
+
+
+PROXY_MODES = ("forward", "redirect")
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyConfig:
+    """`proxy:` — the HTTP proxy in front of the application (off unless `addr` is set); see pylitefs/proxy.py."""
+
+    #: Where the proxy listens, e.g. `:8080`; empty: no proxy.
+    addr: str = ""
+    #: The local application, `host:port` (`:port` is 127.0.0.1).
+    target: str = ""
+    #: The database whose TXID gives clients read-your-writes (required with `addr`).
+    db: str = ""
+    #: Path patterns (`*` matches anything) sent to the local application as they are.
+    passthrough: tuple[str, ...] = ()
+    #: Path patterns whose GET/HEAD requests go to the primary too.
+    always_forward: tuple[str, ...] = ()
+    #: `/pylitefs/health` fails on a replica that lags the primary by more than this.
+    max_lag: Duration = Duration(10.0)
+    #: forward: writes are proxied to the primary; redirect: answered with a 307 to the primary's proxy.
+    mode: str = "forward"
+    #: How a replica waits for a client's TXID before a read fails with 504.
+    wait_timeout: Duration = Duration(5.0)
+    #: A client silent this long mid-request, or idle between requests, is disconnected.
+    client_timeout: Duration = Duration(30.0)
+    #: This proxy's URL as other nodes reach it; default http://<proxy.addr host, or the hostname>:<port>.
+    advertise_url: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ExecCommand:
+    """One entry of `exec:`: a command line, split into words as a shell would and run (pylitefs/exec.py)."""
+
+    cmd: str = ""
+    #: Run only on a candidate that is the primary when the entry's turn comes (e.g. migrations).
+    if_candidate: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +231,9 @@ class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     scrub: ScrubConfig = field(default_factory=ScrubConfig)
     replication: ReplicationConfig = field(default_factory=ReplicationConfig)
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    #: `exec:` the application (the last entry) and the steps before it; empty: none.
+    exec: tuple[ExecCommand, ...] = ()
 
     @property
     def hostname(self) -> str:
@@ -172,6 +246,11 @@ class Config:
         return (self.cluster.secret or os.environ.get(SECRET_ENV, "")).encode()
 
     @property
+    def admin_token(self) -> bytes:
+        """The admin calls' token: http.admin-token, else $PYLITEFS_ADMIN_TOKEN, else the cluster secret."""
+        return (self.http.admin_token or os.environ.get(ADMIN_TOKEN_ENV, "")).encode() or self.secret
+
+    @property
     def primary_url(self) -> str:
         """The primary's base URL (http://host:port), for replicas to connect to."""
         return self._advertised_url("localhost")
@@ -180,6 +259,14 @@ class Config:
     def own_url(self) -> str:
         """This node's base URL as other nodes reach it (etcd lease): lease.advertise-url, or from http.addr."""
         return self._advertised_url(self.hostname)
+
+    @property
+    def api_url(self) -> str:
+        """This node's HTTP API URL: own_url, but from http.addr on a static replica (advertise-url is the primary's)."""
+        if self.lease.type == "static" and not self.lease.candidate:
+            host, port = parse_addr(self.http.addr)
+            return f"http://{host if host not in ('', '0.0.0.0', '::') else self.hostname}:{port}"
+        return self.own_url
 
     def _advertised_url(self, wildcard_host: str) -> str:
         """lease.advertise-url, or http://HOST:PORT of http.addr (`wildcard_host` for an all-interfaces host)."""
@@ -202,10 +289,9 @@ class Config:
             raise ConfigError(f"data.dir ({data_dir}) must not be inside fuse.dir ({fuse_dir})")
         if fuse_dir.startswith(data_dir + os.sep):
             raise ConfigError(f"fuse.dir ({fuse_dir}) must not be inside data.dir ({data_dir})")
-        if self.replication.max_lag < 0:
-            raise ConfigError("replication.max-lag must be 0 (no bound) or more")
-        if self.replication.max_lag_timeout <= 0:
-            raise ConfigError("replication.max-lag-timeout must be more than 0")
+        _validate_policy(self.replication.policy(""), "replication.")
+        for db in self.replication.databases:
+            _validate_policy(self.replication.policy(db), f"replication.databases.{db}.")
         if self.scrub.rate <= 0:
             raise ConfigError("scrub.rate must be more than 0")
         if self.data.retention_monitor_interval <= 0:
@@ -216,6 +302,8 @@ class Config:
             parse_addr(self.http.addr)
         except ValueError as exc:
             raise ConfigError(f"'http.addr': {exc}") from None
+        if self.proxy.addr:
+            self._validate_proxy()
         if self.lease.type == "etcd":
             self._validate_etcd()
         elif not self.lease.candidate:
@@ -226,6 +314,34 @@ class Config:
             if not self.secret:
                 raise ConfigError(f"a replica needs the cluster secret: set cluster.secret or ${SECRET_ENV}")
         return self
+
+    def _validate_proxy(self) -> None:
+        proxy = self.proxy
+        for key, addr in (("proxy.addr", proxy.addr), ("proxy.target", proxy.target)):
+            try:
+                parse_addr(addr)
+            except ValueError as exc:
+                raise ConfigError(f"'{key}': {exc}") from None
+        if parse_addr(proxy.target)[1] == 0:
+            raise ConfigError("'proxy.target' needs the application's port")
+        if not proxy.db or "/" in proxy.db:
+            raise ConfigError("proxy.db must name the database under fuse.dir whose TXID the proxy tracks")
+        if proxy.mode not in PROXY_MODES:
+            raise ConfigError(f"proxy.mode must be one of {', '.join(PROXY_MODES)}, not {proxy.mode!r}")
+        if proxy.wait_timeout <= 0:
+            raise ConfigError("proxy.wait-timeout must be more than 0")
+        if proxy.client_timeout <= 0:
+            raise ConfigError("proxy.client-timeout must be more than 0")
+        if proxy.advertise_url:
+            _check_url("proxy.advertise-url", proxy.advertise_url)
+
+    def proxy_url(self, bound_port: int) -> str:
+        """This node's proxy as other nodes reach it: proxy.advertise-url, or proxy.addr's host (the
+        hostname for all interfaces) and the port the proxy listens on."""
+        if self.proxy.advertise_url:
+            return self.proxy.advertise_url.rstrip("/")
+        host, _ = parse_addr(self.proxy.addr)
+        return f"http://{host if host not in ('', '0.0.0.0', '::') else self.hostname}:{bound_port}"
 
     def _validate_etcd(self) -> None:
         etcd = self.lease.etcd
@@ -247,6 +363,20 @@ class Config:
             _check_url("lease.advertise-url", self.lease.advertise_url)
         if not self.secret:
             raise ConfigError(f"an etcd-leased node needs the cluster secret: set cluster.secret or ${SECRET_ENV}")
+
+
+def _validate_policy(policy: ReplicationPolicy, prefix: str) -> None:
+    if policy.sync < 0:
+        raise ConfigError(f"{prefix}sync must be 0 (asynchronous) or more")
+    if policy.sync_timeout <= 0:
+        raise ConfigError(f"{prefix}sync-timeout must be more than 0")
+    if policy.sync_fallback not in SYNC_FALLBACKS:
+        raise ConfigError(f"{prefix}sync-fallback must be one of {', '.join(SYNC_FALLBACKS)}, "
+                          f"not {policy.sync_fallback!r}")
+    if policy.max_lag < 0:
+        raise ConfigError(f"{prefix}max-lag must be 0 (no bound) or more")
+    if policy.max_lag_timeout <= 0:
+        raise ConfigError(f"{prefix}max-lag-timeout must be more than 0")
 
 
 def parse_addr(addr: str) -> tuple[str, int]:
@@ -415,4 +545,55 @@ def _coerce(value: Any, kind: Any, dotted: str) -> Any:
         if isinstance(items, (list, tuple)) and all(isinstance(v, str) for v in items):
             return tuple(v.strip() for v in items if v.strip())
         raise ConfigError(f"'{dotted}' must be a list of strings (or one comma-separated string), not {value!r}")
+    if kind == tuple[ExecCommand, ...]:
+        return _exec_commands(value, dotted)
+    if kind == Mapping[str, Mapping[str, Any]]:
+        return _database_policies(value, dotted)
     raise ConfigError(f"'{dotted}' has an unsupported type")  # pragma: no cover
+
+
+def _exec_commands(value: Any, dotted: str) -> tuple[ExecCommand, ...]:
+    """`exec:` as LiteFS writes it: one command (a string), or a list of `{cmd, if-candidate}` entries."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        raise ConfigError(f"'{dotted}' must be a command (a string) or a list of {{cmd, if-candidate}} entries, "
+                          f"not {value!r}")
+    commands = []
+    for i, entry in enumerate(value):
+        key = f"{dotted}[{i}]"
+        if isinstance(entry, str):
+            entry = {"cmd": entry}
+        if not isinstance(entry, dict):
+            raise ConfigError(f"'{key}' must be a command (a string) or a mapping with 'cmd', not {entry!r}")
+        command = _build(ExecCommand, entry, key + ".")
+        try:
+            words = shlex.split(command.cmd)
+        except ValueError as exc:
+            raise ConfigError(f"'{key}.cmd': cannot split {command.cmd!r} into words: {exc}") from None
+        if not words:
+            raise ConfigError(f"'{key}.cmd' must be a non-empty command line")
+        commands.append(command)
+    return tuple(commands)
+
+
+def _database_policies(value: Any, dotted: str) -> dict[str, dict[str, Any]]:
+    """`replication.databases`: database name -> the `ReplicationPolicy` keys given for it, coerced."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"'{dotted}' must be a mapping of database names to settings, not {value!r}")
+    out: dict[str, dict[str, Any]] = {}
+    for db, entry in value.items():
+        key = f"{dotted}.{db}"
+        if not isinstance(db, str) or not db or "/" in db or db.startswith("."):
+            raise ConfigError(f"'{key}': {db!r} is not a database name")
+        if entry is None:
+            entry = {}
+        if not isinstance(entry, dict):
+            raise ConfigError(f"'{key}' must be a mapping (sync, sync-timeout, ...), not {entry!r}")
+        built = _build(ReplicationPolicy, entry, key + ".")
+        out[db] = {str(k).replace("-", "_"): getattr(built, str(k).replace("-", "_")) for k in entry}
+    return out

@@ -19,6 +19,7 @@ import functools
 import logging
 import os
 import signal
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -30,16 +31,21 @@ from election.elector import ClusterMismatch, Elector, EtcdElector, HandoffError
 from election.etcd import EtcdSettings
 from fs.access import Access
 from fs.apply import Applier
+from fs.capture import CaptureError
 from fs.errors import TooFarAhead
 from fs.locks import LockTimeout
 from fs.mount import MountError, MountOptions, data_dir_lock, preflight, serve
 from fs.operations import Operations
 from fs.recovery import databases
 from fs.snapshot import read_consistent
-from pylitefs import __version__
+from pylitefs import __version__, api
 from pylitefs.admin import admin_call
-from pylitefs.config import Config, parse_addr
-from pylitefs.http import HttpServer, StreamHandler
+from pylitefs.config import Config, ReplicationPolicy, parse_addr
+from pylitefs.exec import FORWARDED_SIGNALS, STOP_SIGNALS, Exec
+from pylitefs.events import EventHub, tx_event
+from pylitefs.http import StreamHandler
+from pylitefs.metrics import Metrics
+from pylitefs.proxy import ProxyServer
 from pylitefs.scrub import Scrubber
 from pylitefs.startup import _remove_database, recover_databases, recover_replica_databases
 from replication.checksum import image_checksum
@@ -58,8 +64,6 @@ STOP_TIMEOUT = 8.0
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class ClusterId:
@@ -118,8 +122,11 @@ class _Sink:
     def position(self, db: str) -> tuple[int, int] | None:
         return self._node.position(db)
 
-    def commit(self, db: str, page_size: int, commit_size: int, pages: Mapping[int, bytes]) -> None:
-        self._node.store.commit(db, page_size, commit_size, pages)
+    def commit(self, db: str, page_size: int, commit_size: int, pages: Mapping[int, bytes],
+               *, retractable: bool = False) -> None:
+        started = time.perf_counter()
+        self._node.store.commit(db, page_size, commit_size, pages, retractable=retractable)
+        self._node.metrics.commit_seconds.observe(time.perf_counter() - started)
 
     def drop(self, db: str) -> None:
         self._node.store.drop(db)
@@ -161,6 +168,21 @@ class Node:
         #: The primary's hostname as the lease says (None: unknown, or this node).
         self.known_primary: str | None = None
         self.started = time.time()
+        self._policies: dict[str, ReplicationPolicy] = {}
+        #: Commits that `replication.sync-fallback: async` let through unconfirmed; dbs in such an episode.
+        self.sync_fallbacks = 0
+        self._sync_degraded: set[str] = set()
+        #: This node's proxy URL as other nodes reach it (None: no proxy); in /info.
+        self.proxy_url: str | None = None
+        #: Set (and replaced) whenever a replica has applied transactions: wakes wait_position.
+        self._position_changed = trio.Event()
+        self.metrics = Metrics()
+        #: `GET /events`: every logged (primary) or applied (replica) transaction, every primary change.
+        self.events = EventHub()
+        self._announced: tuple[str | None, int] | None = None
+        self._token = trio.lowlevel.current_trio_token()
+        self._trio_thread = threading.get_ident()
+        store.add_listener(self._on_logged)
 
     # ------------------------------------------------------------ roles
 
@@ -197,6 +219,7 @@ class Node:
         self.role = "primary"
         self.access.primary = True
         log.info("primary in term %d: accepting writes", term)
+        self._announce(self.config.hostname, term)
 
     async def demote(self) -> None:
         """Refuse writes now; end the term's streams; make every database hold only committed content."""
@@ -210,9 +233,11 @@ class Node:
         await trio.to_thread.run_sync(self._write_role, "replica")
         self.replica = self._new_replica()
         log.info("stepped down: this node is a replica now")
+        self._announce(None, self.term)
 
     async def follow(self, hostname: str | None, url: str | None, term: int) -> None:
         self.known_primary = hostname
+        self._announce(hostname, term)
         if url is None:
             if self._following is not None:
                 await self._stop_replicating()
@@ -250,10 +275,14 @@ class Node:
             # A reader inside a long transaction holds SQLite's locks:
             # wait for it, as a SQLite writer would (applying is idempotent).
             while True:
+                started = time.perf_counter()
                 try:
-                    return await trio.to_thread.run_sync(self.applier.apply, db, txns)
+                    await trio.to_thread.run_sync(self.applier.apply, db, txns)
                 except LockTimeout as exc:
                     log.warning("cannot apply TXID %d of %s yet, retrying: %s", txns[-1].txid, db, exc)
+                else:
+                    self._applied(db, txns, time.perf_counter() - started)
+                    return
 
         return ReplicaClient(
             self.store, node_id=self.config.hostname, secret=self.config.secret,
@@ -293,34 +322,94 @@ class Node:
     def _write_role(self, role: str) -> None:
         _write_line(self._role_path, role)
 
-    # ------------------------------------------------------------ bounded lag
+    # ------------------------------------------------------------ bounded lag, synchronous replication
 
-    def unacknowledged(self, db: str) -> int:
-        """Transactions of `db` logged on the primary that no replica has acknowledged in this term."""
+    def policy(self, db: str) -> ReplicationPolicy:
+        """`db`'s replication settings (`replication:` and its `databases` entry)."""
+        policy = self._policies.get(db)
+        if policy is None:
+            policy = self._policies[db] = self.config.replication.policy(db)
+        return policy
+
+    def unacknowledged(self, db: str) -> tuple[int, int]:
+        """Transactions and log bytes of `db` on the primary that no replica has acknowledged in this term."""
         server = self.primary_server
         position = self.store.position(db)
         if server is None or position is None:
-            return 0
-        return max(0, position[0] - server.acked.get(db, 0))
+            return 0, 0
+        acked = server.acked.get(db, 0)
+        return max(0, position[0] - acked), self.store.bytes_after(db, acked)
+
+    def _too_far_ahead(self, db: str, policy: ReplicationPolicy) -> bool:
+        txns, size = self.unacknowledged(db)
+        return (0 < policy.max_lag <= txns) or (0 < policy.max_lag_bytes <= size)
 
     async def admit(self, db: str) -> None:
-        """Hold an application's write while `db` is `replication.max-lag` transactions ahead of every replica.
+        """Hold an application's write while `db` is `max-lag` transactions or `max-lag-bytes` ahead of every replica.
 
         Raises TooFarAhead (EIO) when no acknowledgement brings it back
-        within `replication.max-lag-timeout`.
+        within `max-lag-timeout`.
         """
-        limit = self.config.replication.max_lag
+        policy = self.policy(db)
         server = self.primary_server
-        if limit <= 0 or server is None or self.unacknowledged(db) < limit:
+        if server is None or not self._too_far_ahead(db, policy):
             return
-        with trio.move_on_after(self.config.replication.max_lag_timeout):
-            while self.unacknowledged(db) >= limit and self.primary_server is server:
+        self.metrics.max_lag_waits += 1
+        with trio.move_on_after(policy.max_lag_timeout):
+            while self._too_far_ahead(db, policy) and self.primary_server is server:
                 await server.wait_ack()
             return
-        message = (f"{db}: {self.unacknowledged(db)} transactions not acknowledged by any replica "
-                   f"(replication.max-lag {limit}); refusing a write")
+        txns, size = self.unacknowledged(db)
+        message = (f"{db}: {txns} transactions ({size} bytes) not acknowledged by any replica "
+                   f"(replication.max-lag {policy.max_lag}, max-lag-bytes {policy.max_lag_bytes}); "
+                   f"refusing a write")
         log.warning("%s", message)
+        self.metrics.max_lag_failures += 1
         raise TooFarAhead(message)
+
+    def holds(self, db: str) -> bool:
+        """CommitGate: whether commits of `db` wait for `replication.sync` replicas."""
+        return self.policy(db).sync > 0
+
+    async def confirm(self, db: str, txid: int, checksum: int) -> None:
+        """CommitGate: return once `sync` replicas durably hold TXID `txid` of `db`, or after `sync-timeout`.
+
+        After the timeout (or if this node stops being primary meanwhile):
+        with `sync-fallback: fail`, raise CaptureError (the application gets
+        EIO and the caller takes the transaction back); with `async`, count
+        it in `sync_fallbacks`, warn once per episode, and return.
+        """
+        policy = self.policy(db)
+        server = self.primary_server
+        position = (txid, checksum)
+        with trio.move_on_after(policy.sync_timeout):
+            while server is not None and self.primary_server is server:
+                if server.holding(db, position) >= policy.sync:
+                    self.store.keep(db, txid)
+                    self._sync_degraded.discard(db)
+                    return
+                await server.wait_ack()
+        have = server.holding(db, position) if server is not None else 0
+        if policy.sync_fallback == "async" and server is not None and self.primary_server is server:
+            self.store.keep(db, txid)
+            self.sync_fallbacks += 1
+            if db not in self._sync_degraded:
+                self._sync_degraded.add(db)
+                log.warning("%s: TXID %d: %d of %d replicas acknowledged within %.1fs; committing "
+                            "asynchronously (replication.sync-fallback: async) until they keep up again",
+                            db, txid, have, policy.sync, policy.sync_timeout)
+            return
+        message = (f"{db}: TXID {txid}: {have} of {policy.sync} replicas acknowledged within "
+                   f"{policy.sync_timeout:.1f}s (replication.sync); failing the commit")
+        log.warning("%s", message)
+        raise CaptureError(message)
+
+    def retract(self, db: str, txid: int) -> None:
+        """CommitGate: take TXID `txid` of `db` back from the log; replicas that may hold it resynchronise."""
+        self.store.retract(db, txid)
+        server = self.primary_server
+        if server is not None:
+            server.retracted(db, txid)
 
     # ------------------------------------------------------------ scrubbing
 
@@ -355,6 +444,35 @@ class Node:
         if self.role != "primary" and await self.replica.request_resync(db):
             log.warning("scrub: asked the primary for a snapshot of %s to repair this copy", db)
 
+    # ------------------------------------------------------------ metrics and events
+
+    def _on_logged(self, txn: Transaction) -> None:
+        """Store listener (on the committing thread): count every logged transaction."""
+        if threading.get_ident() == self._trio_thread:
+            self._logged(txn)
+        else:  # a replica logs big batches in a worker thread
+            self._token.run_sync_soon(self._logged, txn)
+
+    def _logged(self, txn: Transaction) -> None:
+        self.metrics.count_logged(txn.db, len(txn.pages) * txn.page_size)
+        if self.role == "primary":
+            self.events.publish(tx_event(txn))
+
+    def _applied(self, db: str, txns: list[Transaction], seconds: float) -> None:
+        self.metrics.count_applied(db, len(txns), seconds)
+        # The replica publishes the position right after the apply, before a waiter runs.
+        self._position_changed.set()
+        self._position_changed = trio.Event()
+        if self.role != "primary":
+            for txn in txns:
+                self.events.publish(tx_event(txn))
+
+    def _announce(self, primary: str | None, term: int) -> None:
+        """Publish a primary change (once per distinct primary and term)."""
+        if (primary, term) != self._announced:
+            self._announced = (primary, term)
+            self.events.publish({"type": "primary", "primary": primary, "term": term})
+
     # ------------------------------------------------------------ status
 
     def position(self, db: str) -> tuple[int, int] | None:
@@ -366,6 +484,18 @@ class Node:
         if self.role == "primary":
             return None
         return self.known_primary or self.replica.primary
+
+    async def wait_position(self, db: str, txid: int, timeout: float) -> bool:
+        """True once this node has `db` at TXID `txid` or later (applied, on a replica); False after `timeout`."""
+        with trio.move_on_after(timeout):
+            while True:
+                changed = self._position_changed
+                position = self.position(db)
+                if position is not None and position[0] >= txid:
+                    return True
+                with trio.move_on_after(1.0):  # a promotion publishes positions without an apply
+                    await changed.wait()
+        return False
 
     def lag_ms(self) -> int:
         return 0 if self.role == "primary" else self.replica.lag_ms()
@@ -386,6 +516,8 @@ class Node:
             "primary_url": lease.url if lease is not None else None,
             "term": self.term if self.role == "primary" else (lease.term if lease is not None else 0),
             "started": self.started,
+            "url": self.config.api_url,
+            "proxy_url": self.proxy_url,
         }
 
     def status(self) -> dict[str, Any]:
@@ -393,13 +525,19 @@ class Node:
         positions = self.store.positions() if self.role == "primary" else dict(self.replica.applied)
         out["databases"] = {db: {"txid": txid, "checksum": f"{checksum:016x}"}
                             for db, (txid, checksum) in sorted(positions.items())}
+        if self.role != "primary":  # how far behind the primary's last heartbeat, in TXIDs
+            for db, (txid, _) in self.replica.primary_positions.items():
+                entry = out["databases"].setdefault(db, {"txid": 0, "checksum": f"{0:016x}"})
+                entry["lag_txids"] = max(0, txid - entry["txid"])
         if self.scrubber is not None:
             out["scrub"] = self.scrubber.status()
+        out["sync_fallbacks"] = self.sync_fallbacks
         server = self.primary_server
         if server is not None:
             out["replicas"] = {
                 r.node_id: {"address": r.peer, "connected_at": r.connected_at, "acked_at": r.acked_at,
-                            "positions": {db: {"txid": t, "checksum": f"{c:016x}"}
+                            "positions": {db: {"txid": t, "checksum": f"{c:016x}",
+                                               "lag_txids": max(0, positions.get(db, (0, 0))[0] - t)}
                                           for db, (t, c) in r.positions.items()}}
                 for r in server.replicas.values()
             }
@@ -419,12 +557,14 @@ class Node:
         return 200, {"handoff": target}
 
 
-async def run(config: Config, *, capture: bool = True) -> None:
+async def run(config: Config, *, capture: bool = True) -> int:
     """Recover, mount, serve HTTP, take a role and keep it current; unmount cleanly on SIGINT/SIGTERM.
 
     With `capture` (always, but for benchmarks), the primary records every
     committed transaction in its logs. Returns when a stop signal arrives or
-    the kernel ends the FUSE session. Raises MountError when the node cannot start.
+    the kernel ends the FUSE session: 0; with `exec`, when the application
+    has ended (pylitefs.exec): its exit status. Raises MountError when the
+    node cannot start.
     """
     options = MountOptions(
         mountpoint=config.fuse.dir,
@@ -434,7 +574,9 @@ async def run(config: Config, *, capture: bool = True) -> None:
     )
     etcd = config.lease.type == "etcd"
     host, port = parse_addr(config.http.addr)
-    with trio.open_signal_receiver(*STOP_SIGNALS) as signals, data_dir_lock(options.data_dir):
+    exit_code = 0
+    with trio.open_signal_receiver(*STOP_SIGNALS, *(FORWARDED_SIGNALS if config.exec else ())) as signals, \
+            data_dir_lock(options.data_dir):
         preflight(options)
         state_dir = os.path.join(options.data_dir, STATE_DIR)
         store = Store(state_dir, node_id=config.hostname,
@@ -447,8 +589,11 @@ async def run(config: Config, *, capture: bool = True) -> None:
         cluster = ClusterId(state_dir, config.cluster.id)
         access = Access(primary=False)
         node = Node(config, options, store, access, cluster, state_dir)
-        ops = node.ops = Operations(options.data_dir, _Sink(node) if capture else None, access=access,
-                                    status=node, admission=node.admit if config.replication.max_lag else None)
+        policies = config.replication.policies()
+        ops = node.ops = Operations(
+            options.data_dir, _Sink(node) if capture else None, access=access, status=node,
+            admission=node.admit if any(p.max_lag or p.max_lag_bytes for p in policies) else None,
+            gate=node if any(p.sync for p in policies) else None)
         elector: Elector
         if etcd:
             elector = EtcdElector(
@@ -460,8 +605,7 @@ async def run(config: Config, *, capture: bool = True) -> None:
             elector = StaticElector(node, hostname=config.hostname, candidate=config.lease.candidate,
                                     primary_url=config.primary_url)
         node.elector = elector
-        http = HttpServer(node.info, node.status, node.stream_handler,
-                          admin={"/handoff": node.handoff_action}, admin_token=config.secret)
+        http = api.http_server(node)
         try:
             async with trio.open_nursery() as nursery:
                 node.nursery = nursery
@@ -476,21 +620,39 @@ async def run(config: Config, *, capture: bool = True) -> None:
                     node.scrubber = Scrubber(store.databases, node.scrub_read, node.scrub_mismatch,
                                              interval=config.scrub.interval, rate=config.scrub.rate)
                     nursery.start_soon(node.scrubber.run)
+                if config.proxy.addr:
+                    await _start_proxy(nursery, config, node)
                 if etcd:  # whatever role comes next, the files must hold committed content only
                     await trio.to_thread.run_sync(functools.partial(node.settle_all, verify=False))
                 await nursery.start(_run_elector, elector)
                 log.info("pylitefs ready: %s mounted (data dir %s), %s, http on %s:%d", options.mountpoint,
                          options.data_dir, _role_text(config), bound[0], bound[1])
-                async for signum in signals:
-                    log.info("received %s: stopping", signal.Signals(signum).name)
-                    with trio.move_on_after(STOP_TIMEOUT):
-                        await elector.stop()
-                    nursery.cancel_scope.cancel()
-                    break
+                if config.exec:
+                    exit_code = await Exec(config, node).run(signals)
+                else:
+                    async for signum in signals:
+                        log.info("received %s: stopping", signal.Signals(signum).name)
+                        break
+                with trio.move_on_after(STOP_TIMEOUT):
+                    await elector.stop()
+                nursery.cancel_scope.cancel()
         finally:
             node.applier.close()
             ops.close()
             store.close()
+    return exit_code
+
+
+async def _start_proxy(nursery: trio.Nursery, config: Config, node: Node) -> None:
+    """Serve the HTTP proxy (pylitefs.proxy) on proxy.addr in `nursery`; MountError if it cannot listen."""
+    host, port = parse_addr(config.proxy.addr)
+    try:
+        listeners = await nursery.start(ProxyServer(config.proxy, node, name=config.hostname).serve, host, port)
+    except OSError as exc:
+        raise MountError(f"cannot listen on proxy.addr {config.proxy.addr}: {exc.strerror}") from None
+    node.proxy_url = config.proxy_url(listeners[0].socket.getsockname()[1])
+    log.info("proxy on %s (%s) in front of %s, tracking %s", config.proxy.addr, node.proxy_url,
+             config.proxy.target, config.proxy.db)
 
 
 async def _run_elector(elector: Elector, *,

@@ -1,7 +1,8 @@
-"""Offline tools over a node's transaction logs: `pylitefs log` and `pylitefs export`.
+"""Tools over a node's transaction logs: `pylitefs log` and `pylitefs export`.
 
 Both open the logs read-only, so they are safe while the node runs (they see
-the transactions logged when they start).
+the transactions logged when they start). `export_remote` asks a running
+node instead (`GET /export`).
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ import datetime
 import os
 from collections.abc import Iterator
 
+from pylitefs.admin import download
 from pylitefs.node import STATE_DIR
-from replication.checksum import database_checksum
+from replication.checksum import database_checksum, image_checksum
 from replication.log import TransactionLog, replay
 from replication.store import LOG_SUFFIX
 
@@ -67,3 +69,27 @@ def export(data_dir: str, db: str, out: str, txid: int | None = None) -> tuple[i
         os.fsync(f.fileno())
     os.replace(tmp, out)
     return wanted, txn.post_checksum
+
+
+def export_remote(url: str, db: str, out: str, token: bytes) -> tuple[int, int]:
+    """Fetch a consistent copy of `db` from the running node at `url` into `out`; (txid, checksum).
+
+    The copy's checksum is checked against the position the node sent; `out`
+    is replaced only when it matches.
+    """
+    tmp = f"{out}.download-{os.getpid()}"
+    try:
+        status, error, headers = download(url, "/export", {"name": db}, token, tmp)
+        if status != 200:
+            raise ToolError(f"{url} cannot export {db!r} (HTTP {status}): {error.get('error', '')}")
+        txid, checksum = int(headers["X-Pylitefs-Txid"]), int(headers["X-Pylitefs-Checksum"], 16)
+        with open(tmp, "rb") as f:
+            actual = image_checksum(f.read())
+        if actual != checksum:
+            raise ToolError(f"the copy of {db!r} from {url} has checksum {actual:016x}, not {checksum:016x} "
+                            f"as its TXID {txid}")
+        os.replace(tmp, out)
+        return txid, checksum
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

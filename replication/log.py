@@ -303,14 +303,16 @@ class TransactionLog:
     def truncate_after(self, txid: int) -> int:
         """Remove every record after TXID `txid` (fsynced); returns how many were removed.
 
-        For recovery only: the database turned out not to have them (SQLite
-        rolled the transaction back, or a crash lost it before it was durable).
+        For recovery, and for a commit that synchronous replication failed:
+        the database turned out not to have them (SQLite rolled the
+        transaction back, or a crash lost it before it was durable). `txid`
+        0 empties a log that starts at TXID 1.
         """
         with self._lock:
             if self._fd < 0:
                 raise LogClosedError(f"{self.path} is closed")
             keep = txid - self._first_txid + 1
-            if keep < 1:
+            if keep < 1 and not (txid == 0 and self._first_txid == 1):
                 raise TxidUnavailableError(f"{self.path}: TXID {txid} is not in the log")
             removed = len(self._offsets) - keep
             if removed <= 0:
@@ -318,13 +320,22 @@ class TransactionLog:
             cut = self._offsets[keep]
             os.ftruncate(self._fd, cut)
             os.fsync(self._fd)
-            last_offset = self._offsets[keep - 1]
-            buf = os.pread(self._fd, cut - last_offset, last_offset)
-            self._last, _ = decode_record(buf, max_record_size=self._max_record_size)
+            if keep == 0:
+                self._last = None
+            else:
+                last_offset = self._offsets[keep - 1]
+                buf = os.pread(self._fd, cut - last_offset, last_offset)
+                self._last, _ = decode_record(buf, max_record_size=self._max_record_size)
             del self._offsets[keep:]
             del self._timestamps[keep:]
             self._size = cut
             return removed
+
+    def bytes_after(self, txid: int) -> int:
+        """Bytes of the records with a TXID above `txid` (all of them if `txid` is before the first)."""
+        with self._lock:
+            index = max(0, txid - self._first_txid + 1)
+            return self._size - self._offsets[index] if index < len(self._offsets) else 0
 
     def _truncate_back(self, size: int) -> None:
         try:

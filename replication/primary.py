@@ -43,6 +43,7 @@ from replication.wire import (
     ProtocolError,
     Refused,
     Resync,
+    SnapshotPages,
     Welcome,
     check_proof,
     proof,
@@ -67,6 +68,8 @@ LOG_BATCH_BYTES = 16 << 20
 THREAD_ENCODE_BYTES = 1 << 20
 #: A replica that sends nothing (it acknowledges every heartbeat) for this many intervals is dropped.
 SILENCE_HEARTBEATS = 5
+#: A snapshot that takes longer is logged at INFO this often with how much is sent.
+SNAPSHOT_PROGRESS_INTERVAL = 5.0
 #: Seconds before a failed snapshot of a database is tried again.
 SNAPSHOT_RETRY_DELAY = 1.0
 
@@ -124,6 +127,25 @@ class PrimaryServer:
         """End every session and refuse new ones (this node stopped being primary in this term)."""
         self._closed = True
         for scope in list(self._scopes.values()):
+            scope.cancel()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def holding(self, db: str, position: tuple[int, int]) -> int:
+        """How many connected replicas acknowledged `db` at exactly `position` (durable there)."""
+        return sum(1 for r in self.replicas.values() if r.positions.get(db) == position)
+
+    def retracted(self, db: str, txid: int) -> None:
+        """TXID `txid` of `db` was taken back from the log: end every session that may have sent it.
+
+        Each replica reconnects; its position then is ahead of (or beside)
+        the primary's history, so it gets a snapshot and logs what it discards.
+        """
+        for node_id, scope in list(self._scopes.items()):
+            log.warning("ending the stream of replica %s: it may hold TXID %d of %s, which was taken back",
+                        node_id, txid, db)
             scope.cancel()
 
     async def wait_acked(self, node_id: str, positions: dict[str, tuple[int, int]]) -> None:
@@ -452,10 +474,17 @@ class _Session:
         page_size = parse_db_header(image).page_size
         txid, checksum = position
         commit_size = len(image) // page_size
-        started = time.perf_counter()
+        started = noted = time.perf_counter()
+        sent_pages = 0
         for msg in snapshot_messages(db, txid, page_size, commit_size, checksum,
                                      _pages(image, page_size)):
             await self.stream.send(msg)
+            if isinstance(msg, SnapshotPages):
+                sent_pages += len(msg.pgnos)
+            if time.perf_counter() - noted >= SNAPSHOT_PROGRESS_INTERVAL:  # a long snapshot: say how far
+                noted = time.perf_counter()
+                log.info("sending a snapshot of %s at TXID %d to %s: %.1f of %.1f MB", db, txid,
+                         self.state.node_id, sent_pages * page_size / 1e6, len(image) / 1e6)
         self.sent[db] = (txid, checksum)
         log.info("sent a snapshot of %s at TXID %d to %s (%.1f MB in %.2fs)", db, txid,
                  self.state.node_id, len(image) / 1e6, time.perf_counter() - started)

@@ -12,7 +12,7 @@ checksum (`ChecksumMismatchError` if they differ — never silently accepted),
 or, for a database with no log yet, logs one snapshot transaction holding
 every page, so that replaying a log from TXID 1 always rebuilds the database.
 
-Threads: `commit`, `drop`, `rename`, `load`, `add_listener`,
+Threads: `commit`, `retract`, `keep`, `drop`, `rename`, `load`, `add_listener`,
 `remove_listener`, `replay` and `close` run on one thread (the mount's trio
 thread); `sync`, `position`, `read`, `databases` and `compact` are safe from
 any thread, concurrently with those (`sync` and `compact` block on disk I/O:
@@ -89,6 +89,8 @@ class _Db:
     # (db, node id) for which a transaction passed Transaction's full checks
     # (the name and the node id are the only fields `_fast_pages` does not cover).
     checked: tuple[str, str] | None = None
+    # (TXID, page hashes before it) of the last `retractable` commit: what `retract` restores.
+    undo: tuple[int, PageHashes | None] | None = None
 
 
 class Store:
@@ -118,17 +120,25 @@ class Store:
 
     # ------------------------------------------------------------ CommitSink
 
-    def commit(self, db: str, page_size: int, commit_size: int, pages: Mapping[int, bytes]) -> None:
+    def commit(self, db: str, page_size: int, commit_size: int, pages: Mapping[int, bytes],
+               *, retractable: bool = False) -> None:
         """Log a committed transaction of `db` (appended, not fsynced, when this returns).
 
         `pages` holds the final content of every changed page, `commit_size`
         the database size in pages after it. A transaction that changes the
         page size must hold every page (except the lock page). Raises on any
-        failure, leaving the log and the in-memory state as they were.
+        failure, leaving the log and the in-memory state as they were. With
+        `retractable`, `retract` can take it (and any later one) back until
+        the next retractable commit (a copy of the page hashes is kept: 8
+        bytes per page).
         """
         state = self._dbs.get(db) or self._open(db)
         if not state.loaded:
             raise StoreError(f"{db}: its log has transactions but load() was not called")
+        if retractable:
+            last = state.log.last
+            before = state.hashes.copy() if state.hashes is not None else None
+            state.undo = (last.txid + 1 if last is not None else 1, before)
         hashes = state.hashes
         pre = hashes.checksum if hashes is not None else 0
         if hashes is None or hashes.page_size != page_size:
@@ -169,6 +179,33 @@ class Store:
         state.hashes = hashes
         if self._listeners:
             self._notify(txn)
+
+    def retract(self, db: str, txid: int) -> None:
+        """Remove TXID `txid` of `db` and anything logged after it: their commit failed (blocking: fsyncs).
+
+        `txid` must be the last `retractable` commit of `db`; StoreError
+        otherwise, changing nothing. The position and the checksums go back
+        to what they were before it. Listeners are not told: the caller ends
+        whatever may have sent the transaction on.
+        """
+        state = self._dbs.get(db)
+        last = state.log.last if state is not None else None
+        if state is None or state.undo is None or state.undo[0] != txid or last is None or last.txid < txid:
+            raise StoreError(f"{db}: TXID {txid} is not a transaction that can be taken back")
+        try:
+            state.log.truncate_after(txid - 1)
+        except TxidUnavailableError:
+            raise StoreError(f"{db}: TXID {txid - 1} is no longer in the log (retention): "
+                             f"cannot take TXID {txid} back") from None
+        state.hashes = state.undo[1]
+        state.undo = None
+        log.warning("%s: took back TXID %d..%d: their commit failed", db, txid, last.txid)
+
+    def keep(self, db: str, txid: int) -> None:
+        """TXID `txid` of `db` (a `retractable` commit) stays: forget what `retract` would need."""
+        state = self._dbs.get(db)
+        if state is not None and state.undo is not None and state.undo[0] == txid:
+            state.undo = None
 
     def append(self, txn: Transaction) -> None:
         """Log a transaction received from the primary, after checking it continues `txn.db` exactly.
@@ -352,6 +389,11 @@ class Store:
         if last is not None:
             self._notify(replace(last, db=new))
 
+    def bytes_after(self, db: str, txid: int) -> int:
+        """Bytes of `db`'s logged transactions after TXID `txid` (0 for a database without a log)."""
+        state = self._dbs.get(db)
+        return state.log.bytes_after(txid) if state is not None else 0
+
     def position(self, db: str) -> tuple[int, int] | None:
         """(TXID, post-checksum) of `db`'s last transaction, or None (any thread)."""
         state = self._dbs.get(db)
@@ -506,6 +548,8 @@ class Store:
         now = self._clock() if now_ns is None else now_ns
         dropped: dict[str, int] = {}
         for db, state in list(self._dbs.items()):
+            if state.undo is not None:
+                continue  # a commit waits for its replicas and may be taken back: keep the one before it
             try:
                 n = state.log.compact(self.retention_seconds, self.retention_max_bytes, now)
             except LogClosedError:

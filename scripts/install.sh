@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBS=(fuse3 libfuse3-dev pkg-config gcc sqlite3 etcd-server bindfs iproute2 psmisc)
+# vagrant: tests/cluster/test_vagrant.py runs `vagrant validate` on vagrant/Vagrantfile (no VM is started).
+DEBS=(fuse3 libfuse3-dev pkg-config gcc sqlite3 etcd-server bindfs iproute2 psmisc vagrant)
 PYTHON=${PYTHON:-python3}
 
 missing=()

@@ -1,7 +1,7 @@
 """A writer that follows the primary of an etcd-leased cluster through failovers (run as a script).
 
     python failover_workload.py writer --node NAME=URL=MOUNT [--node ...] --db DB --stop-file F
-                                       [--only NAME]
+                                       [--only NAME] [--marks]
 
 The database must have been created with `sqlite_workload.py setup DB MODE --seq`.
 The writer asks each node's `/info` which one is primary and runs the
@@ -11,7 +11,10 @@ workload's write transactions (`sqlite_workload.write_one`, which increments
 committed transaction. Any SQLite error (read-only, I/O, the node went away)
 closes the connection and finds the primary again. With `--only NAME` it
 writes to that node alone, whatever its role (to show what a deposed primary
-accepts). It stops when the stop file exists.
+accepts). With `--marks` each transaction instead increments `seq.k` and
+inserts that K into the table `marks(k)` (which must exist), so that a test
+can check that every acknowledged K is in the final database. It stops when
+the stop file exists.
 """
 
 from __future__ import annotations
@@ -43,7 +46,21 @@ def role(url: str) -> str | None:
         return None
 
 
-def writer(nodes: dict[str, tuple[str, str]], db: str, stop_file: str, only: str | None) -> None:
+def write_mark(conn: sqlite3.Connection) -> None:
+    """One transaction: `seq.k` + 1, and a `marks` row holding the new K."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("UPDATE seq SET k=k+1")
+        conn.execute("INSERT INTO marks(k, payload) SELECT k, randomblob(200) FROM seq")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def writer(nodes: dict[str, tuple[str, str]], db: str, stop_file: str, only: str | None,
+           marks: bool = False) -> None:
     rng = random.Random(os.getpid())
     conn: sqlite3.Connection | None = None
     current: str | None = None
@@ -60,7 +77,10 @@ def writer(nodes: dict[str, tuple[str, str]], db: str, stop_file: str, only: str
                         continue
                 conn = sqlite3.connect(os.path.join(nodes[current][1], db), timeout=2, isolation_level=None)
                 conn.execute("PRAGMA synchronous=FULL")
-            write_one(conn, rng, 1, seq=True)
+            if marks:
+                write_mark(conn)
+            else:
+                write_one(conn, rng, 1, seq=True)
             k = conn.execute("SELECT k FROM seq").fetchone()[0]
             print(json.dumps({"k": k, "node": current, "t": time.time()}), flush=True)
         except sqlite3.Error:
@@ -83,12 +103,13 @@ def main(argv: list[str] | None = None) -> None:
     w.add_argument("--db", required=True)
     w.add_argument("--stop-file", required=True)
     w.add_argument("--only")
+    w.add_argument("--marks", action="store_true")
     args = parser.parse_args(argv)
     nodes = {}
     for spec in args.node:
         name, url, mount = spec.split("=", 2)
         nodes[name] = (url, mount)
-    writer(nodes, args.db, args.stop_file, args.only)
+    writer(nodes, args.db, args.stop_file, args.only, args.marks)
 
 
 if __name__ == "__main__":

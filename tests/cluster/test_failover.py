@@ -50,7 +50,7 @@ def etcd(tmp_path: Path) -> Iterator[EtcdServer]:
 class Writer:
     """A failover_workload writer process and what it printed."""
 
-    def __init__(self, nodes: list[Node], stop: Path, only: str | None = None) -> None:
+    def __init__(self, nodes: list[Node], stop: Path, only: str | None = None, marks: bool = False) -> None:
         self.stop_file = stop
         self.out = stop.with_suffix(".out")
         args = [sys.executable, FAILOVER, "writer", "--db", DB, "--stop-file", str(stop)]
@@ -58,6 +58,8 @@ class Writer:
             args += ["--node", f"{n.name}={n.url}={n.mountpoint}"]
         if only:
             args += ["--only", only]
+        if marks:
+            args += ["--marks"]
         self.proc = subprocess.Popen(args, stdout=open(self.out, "w"), stderr=subprocess.PIPE, text=True)
 
     def commits(self) -> list[dict[str, Any]]:
@@ -329,6 +331,39 @@ def test_twenty_kill_9_failovers_under_load(etcd: EtcdServer, cluster: Cluster, 
         writer.finish()
     converge(nodes)
     assert_no_copy_discarded(nodes)
+
+
+def test_twenty_kill_9_failovers_with_sync_lose_no_acknowledged_commit(etcd: EtcdServer, cluster: Cluster,
+                                                                       tmp_path: Path) -> None:
+    """replication.sync: 1: every commit the application saw survives 20 kill -9 failovers."""
+    ttl = 1.0
+    nodes, primary = start_cluster(cluster, etcd, ttl=ttl, replication={"sync": 1})
+    conn = sqlite3.connect(primary.mountpoint / DB)
+    conn.execute("CREATE TABLE marks(k INTEGER PRIMARY KEY, payload BLOB)")
+    conn.commit()
+    conn.close()
+    writer = Writer(nodes, tmp_path / "stop", marks=True)
+    try:
+        for _ in range(20):
+            primary = wait_primary(nodes, timeout=ttl + 15)
+            writer.wait_commits(primary.name, 10)
+            primary.crash()
+            new = wait_primary([n for n in nodes if n is not primary], timeout=ttl + 15)
+            writer.wait_commits(new.name, 1)
+            primary.start()
+    finally:
+        writer.finish()
+    converge(nodes)
+    assert_no_copy_discarded(nodes)
+    acknowledged = [c["k"] for c in writer.commits()]
+    conn = sqlite3.connect(wait_primary(nodes).mountpoint / DB)
+    try:
+        final = {k for (k,) in conn.execute("SELECT k FROM marks")}
+    finally:
+        conn.close()
+    lost = sorted(set(acknowledged) - final)
+    assert not lost, f"{len(lost)} acknowledged commits lost: {lost[:20]}"
+    assert acknowledged == sorted(set(acknowledged)), "an acknowledged K was committed twice"
 
 
 def test_a_node_of_another_cluster_refuses_to_join(etcd: EtcdServer, cluster: Cluster, tmp_path: Path) -> None:
