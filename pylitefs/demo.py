@@ -186,6 +186,7 @@ def run(root: Path, writes: int) -> None:
         others = [n for n in cluster.nodes if n is not new_primary]
         wait_caught_up(new_primary, others, DB)
         wait_for(lambda: primary.role() == "replica", 30, f"{primary.name} to be a replica")
+        wait_for(lambda: request(apps[primary.name].proxy_url)[0] == 200, 30, f"{primary.name}'s app to serve")
         print("7. every node holds the same rows:")
         show_rows(cluster, apps, txid_cookie(headers))
 
