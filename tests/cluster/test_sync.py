@@ -152,7 +152,7 @@ def test_per_database_settings_fallback_and_max_lag_bytes(cluster: Cluster) -> N
     started = time.monotonic()
     for n in range(1, 4):
         conns["async.db"].execute("INSERT INTO t VALUES (?, randomblob(4000))", (n,))
-    assert time.monotonic() - started < 1.0, "an asynchronous database waited"
+    assert time.monotonic() - started < 3.0, "an asynchronous database waited for the replica"
     result: list[object] = []
 
     def write() -> None:

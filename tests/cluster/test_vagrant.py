@@ -308,3 +308,67 @@ def test_provisioned_namespace_hosts_replicate_and_fail_over(hosts: NetnsHosts, 
     rows = wait_for(lambda: http(f"http://{old.address}:8080/")["rows"], 30, f"{old.name}'s application")
     assert [r["text"] for r in rows] == ["through a replica", "after the failover"]
     print(f"namespace cluster: provisioned, replicated, failed over and rejoined in {time.monotonic() - began:.1f}s")
+
+    # vagrant/check.sh, the check a user runs after `vagrant up`, against the namespace hosts: curl reaches
+    # them on the bridge, and a stand-in for `vagrant ssh NODE -c "sudo systemctl ..."` kills or starts pylitefs.
+    fake = fake_vagrant(hosts, tmp_path)
+    check = subprocess.run(["bash", str(VAGRANT_DIR / "check.sh")], capture_output=True, text=True, timeout=90,
+                           env={**os.environ, "PATH": f"{fake}:{os.environ['PATH']}",
+                                "PYLITEFS_SUBNET": SUBNET, "PYLITEFS_CHECK_TIMEOUT": "30"})
+    print(check.stdout)
+    assert check.returncode == 0, check.stdout + check.stderr + cluster_state(hosts)
+    assert "check.sh: replication and failover OK" in check.stdout
+    assert check.stdout.count("replica ") >= 4, check.stdout  # two replicas shown before, and after the rejoin
+
+
+#: Stands in for `vagrant ssh NODE -c "sudo systemctl kill|restart ... pylitefs"` on a namespace host: kill
+#: pylitefs's main process, then the rest of its "service" (its application, its guard) as systemd does; or
+#: start pylitefs again (detached: NetnsHosts.stop() ends every process of the namespaces).
+FAKE_VAGRANT = """#!/bin/sh
+set -eu
+[ "$1" = ssh ] && [ "$3" = -c ] || {{ echo "fake vagrant: unexpected $*" >&2; exit 2; }}
+node=$2 ns={prefix}$2
+case $4 in
+*"systemctl kill"*)
+    main=
+    for pid in $(ip netns pids "$ns"); do
+        case $(tr '\\0' ' ' <"/proc/$pid/cmdline") in *"pylitefs mount"*) kill -9 "$pid"; main=$pid ;; esac
+    done
+    i=0
+    while [ "$(ls "/proc/$main/task" 2>/dev/null | wc -l)" -gt 1 ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+    for pid in $(ip netns pids "$ns"); do grep -qx "$pid" {keep} || kill -9 "$pid"; done ;;
+*"systemctl restart"*)
+    cd {root}/$node
+    nsenter --net=/run/netns/$ns {python} -m pylitefs mount --config {root}/$node/etc/litefs.yml \\
+        >>restarted.log 2>&1 </dev/null &
+    ;;
+*) echo "fake vagrant: unexpected command $4" >&2; exit 2 ;;
+esac
+"""
+
+
+def cluster_state(hosts: NetnsHosts) -> str:
+    """Every node's /status (or why not), and the end of a restarted node's log: for failure messages."""
+    lines = []
+    for name, node in hosts.nodes.items():
+        try:
+            lines.append(f"{name}: {http(node.url + '/status')}")
+        except OSError as exc:
+            lines.append(f"{name}: no /status ({exc})")
+        log = hosts.root / name / "restarted.log"
+        if log.exists():
+            lines += log.read_text(errors="replace").splitlines()[-30:]
+    return "\n" + "\n".join(lines)
+
+
+def fake_vagrant(hosts: NetnsHosts, root: Path) -> Path:
+    """A directory holding FAKE_VAGRANT as `vagrant`."""
+    keep = root / "etcd.pids"
+    keep.write_text("".join(f"{p.pid}\n" for p in hosts.etcd))
+    bin_dir = root / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "vagrant"
+    script.write_text(FAKE_VAGRANT.format(prefix=hosts.netns["node1"].removesuffix("node1"), keep=keep,
+                                          root=root, python=sys.executable))
+    script.chmod(0o755)
+    return bin_dir
