@@ -333,6 +333,7 @@ class Capture:
             await self._gate.confirm(db, held.txid, held.checksum)
             written = write()
         except BaseException:
+            self.held = None
             if first is not None:
                 self._gate.retract(db, first.txid)
             self._invalidate_frame(db, commits[0].page_size, commits[0].last_frame,

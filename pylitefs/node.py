@@ -406,10 +406,12 @@ class Node:
 
     def retract(self, db: str, txid: int) -> None:
         """CommitGate: take TXID `txid` of `db` back from the log; replicas that may hold it resynchronise."""
-        self.store.retract(db, txid)
-        server = self.primary_server
-        if server is not None:
-            server.retracted(db, txid)
+        try:
+            self.store.retract(db, txid)
+        finally:
+            server = self.primary_server
+            if server is not None:
+                server.retracted(db, txid)
 
     # ------------------------------------------------------------ scrubbing
 

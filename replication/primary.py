@@ -124,10 +124,14 @@ class PrimaryServer:
         self.acked: dict[str, int] = {}
 
     def close(self) -> None:
-        """End every session and refuse new ones (this node stopped being primary in this term)."""
+        """End every session and refuse new ones (this node stopped being primary in this term).
+
+        Whoever waits in `wait_ack` wakes up: no acknowledgement will come.
+        """
         self._closed = True
         for scope in list(self._scopes.values()):
             scope.cancel()
+        self._acked.set()
 
     @property
     def closed(self) -> bool:
@@ -164,7 +168,9 @@ class PrimaryServer:
         self._acked = trio.Event()
 
     async def wait_ack(self) -> None:
-        """Return at the next acknowledgement from any replica."""
+        """Return at the next acknowledgement from any replica, or when closed (never after that)."""
+        if self._closed:
+            await trio.sleep_forever()
         await self._acked.wait()
 
     async def serve(self, stream: MessageStream, peer: str) -> None:
