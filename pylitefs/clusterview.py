@@ -1,10 +1,10 @@
 """The cluster as `pylitefs status` and `pylitefs verify` see it, from the nodes' `/status` and `/verify`.
 
 `discover` asks the given nodes for their status and follows the nodes each
-one knows (its "nodes": itself, the primary, every node registered in etcd)
-until no new one turns up. A replica of a static lease is known to the
-primary only by name (it does not tell its URL): it is shown from the
-primary's view, and `verify` needs its URL given with `--url`.
+one knows (its "nodes": itself, the primary, every node registered in etcd;
+on the primary also every connected replica, which tells its URL when it
+connects) until no new one turns up. A replica known only by name (one that
+is not connected) is shown from the primary's view.
 The table and the verdicts are computed from plain dicts, without I/O.
 """
 
@@ -47,9 +47,12 @@ def discover(urls: list[str], fetch: Fetch) -> list[NodeView]:
             by_url[url] = NodeView(name=hint or url, url=url, error=f"HTTP {code}: {status.get('error', '')}")
             continue
         by_url[url] = NodeView(name=str(status.get("node", hint or url)), url=url, status=status)
-        for name, known in (status.get("nodes") or {}).items():
-            if known and known.rstrip("/") not in by_url:
-                pending.append((name, known.rstrip("/")))
+        known = dict(status.get("nodes") or {})
+        known.update({name: seen.get("url") for name, seen in (status.get("replicas") or {}).items()
+                      if name not in known})
+        for name, node_url in known.items():
+            if node_url and node_url.rstrip("/") not in by_url:
+                pending.append((name, node_url.rstrip("/")))
     views = {v.name: v for v in by_url.values()}
     for view in list(views.values()):
         for name, seen in ((view.status or {}).get("replicas") or {}).items():

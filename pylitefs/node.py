@@ -286,7 +286,7 @@ class Node:
 
         return ReplicaClient(
             self.store, node_id=self.config.hostname, secret=self.config.secret,
-            primary_url="",
+            primary_url="", own_url=self.config.api_url,
             apply=apply, cluster_id=self.cluster.get, adopt_cluster_id=self.cluster.adopt)
 
     def settle_all(self, *, verify: bool = True) -> None:
@@ -537,7 +537,7 @@ class Node:
         server = self.primary_server
         if server is not None:
             out["replicas"] = {
-                r.node_id: {"address": r.peer, "connected_at": r.connected_at, "acked_at": r.acked_at,
+                r.node_id: {"address": r.peer, "url": r.url or None, "connected_at": r.connected_at, "acked_at": r.acked_at,
                             "positions": {db: {"txid": t, "checksum": f"{c:016x}",
                                                "lag_txids": max(0, positions.get(db, (0, 0))[0] - t)}
                                           for db, (t, c) in r.positions.items()}}

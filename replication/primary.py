@@ -84,6 +84,7 @@ class ReplicaState:
     node_id: str
     peer: str
     connected_at: float
+    url: str = ""  # its HTTP URL as it says itself
     positions: dict[str, tuple[int, int]] = field(default_factory=dict)  # acknowledged
     acked_at: float = 0.0
 
@@ -184,7 +185,7 @@ class PrimaryServer:
         full_size = stream.max_frame_size
         stream.max_frame_size = min(full_size, HANDSHAKE_MAX_FRAME)
         try:
-            node_id, positions = await self._handshake(stream, peer)
+            node_id, url, positions = await self._handshake(stream, peer)
         except HandshakeRefused as exc:
             log.warning("refusing replica connection from %s: %s", peer, exc)
             with trio.move_on_after(1):
@@ -205,7 +206,7 @@ class PrimaryServer:
         if previous is not None:
             log.warning("replica %s connected again from %s; ending its previous stream", node_id, peer)
             previous.cancel()
-        state = ReplicaState(node_id, peer, time.time(), dict(positions))
+        state = ReplicaState(node_id, peer, time.time(), url, dict(positions))
         self.replicas[node_id] = state
         session = _Session(self, stream, state)
         log.info("replica %s connected from %s", node_id, peer)
@@ -222,7 +223,8 @@ class PrimaryServer:
                 if self._scopes.get(node_id) is scope:
                     del self._scopes[node_id]
 
-    async def _handshake(self, stream: MessageStream, peer: str) -> tuple[str, dict[str, tuple[int, int]]]:
+    async def _handshake(self, stream: MessageStream, peer: str) -> tuple[str, str, dict[str, tuple[int, int]]]:
+        """Authenticate a replica both ways; its node id, its URL and its positions."""
         with trio.fail_after(self.handshake_timeout):
             hello = await stream.receive()
             if not isinstance(hello, Hello):
@@ -249,7 +251,7 @@ class PrimaryServer:
             if not check_proof(expected, auth.proof):
                 raise HandshakeRefused(f"node {hello.node_id}: authentication failed (wrong cluster secret?)")
             await stream.send(Welcome())
-            return hello.node_id, dict(auth.positions)
+            return hello.node_id, hello.url, dict(auth.positions)
 
 
 class _Session:

@@ -96,6 +96,7 @@ class ReplicaClient:
         node_id: str,
         secret: bytes,
         primary_url: str,
+        own_url: str = "",
         apply: ApplyFn,
         cluster_id: Callable[[], str],
         adopt_cluster_id: Callable[[str], None],
@@ -106,6 +107,8 @@ class ReplicaClient:
         self.node_id = node_id
         self.secret = secret
         self.primary_url = primary_url
+        #: This node's HTTP URL, told to the primary so that tools find this replica.
+        self.own_url = own_url
         #: A primary whose term is older than this is refused (a deposed one).
         self.min_term = min_term
         self.apply = apply
@@ -253,7 +256,7 @@ class ReplicaClient:
         cluster_id = self._cluster_id()
         nonce = secrets.token_bytes(NONCE_SIZE)
         with trio.fail_after(DEFAULT_CONNECT_TIMEOUT):
-            await stream.send(Hello(PROTOCOL_VERSION, cluster_id, self.node_id, nonce))
+            await stream.send(Hello(PROTOCOL_VERSION, cluster_id, self.node_id, nonce, self.own_url))
             challenge = await stream.receive()
             if isinstance(challenge, Refused):
                 raise ReplicationRefused(challenge.reason)

@@ -22,7 +22,7 @@ Handshake
 ::
 
     replica                                        primary
-    Hello(version, cluster_id, node_id, nonce_r)  ---->
+    Hello(version, cluster_id, node_id, nonce_r, url)  ---->
                  <----  Challenge(version, cluster_id, node_id, nonce_p, proof_p, term)
     Auth(proof_r, positions)                      ---->
                  <----  Welcome()   or   Refused(reason)
@@ -157,12 +157,13 @@ class FrameTooLarge(ProtocolError):
 
 @dataclass(frozen=True, slots=True)
 class Hello:
-    """Replica -> primary, the first frame: who it is, and its nonce."""
+    """Replica -> primary, the first frame: who it is, its nonce, and its HTTP URL (shown in /status)."""
 
     version: int
     cluster_id: str
     node_id: str
     nonce: bytes
+    url: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -428,6 +429,7 @@ _SPECS = (
         ("cluster_id", _name),
         ("node_id", _name),
         ("nonce", _exact_bytes(NONCE_SIZE)),
+        ("url", _name),
     )),
     _Spec("challenge", Challenge, (
         ("version", _uint(0, _MAX_U32)),

@@ -17,7 +17,6 @@ import sys
 import threading
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -102,16 +101,6 @@ class Events:
         self.conn.close()
 
 
-@pytest.fixture
-def etcd(tmp_path: Path) -> Iterator[EtcdServer]:
-    server = EtcdServer(tmp_path / "etcd", tmp_path / "etcd.log")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def test_metrics_events_and_status_on_a_three_node_cluster(cluster: Cluster) -> None:
     primary = cluster.primary()
     replicas = [cluster.replica("r1"), cluster.replica("r2")]
@@ -159,6 +148,7 @@ def test_metrics_events_and_status_on_a_three_node_cluster(cluster: Cluster) -> 
     assert status["databases"][DB]["txid"] == end[0] and status["nodes"]["primary"] == primary.url
     out = cli("status", "--url", primary.url)
     assert out.returncode == 0, out.stderr
+    assert replicas[0].url in out.stdout and replicas[1].url in out.stdout  # found through the primary
     table = out.stdout.splitlines()
     assert table[0].split()[:4] == ["NODE", "ROLE", "TERM", "DATABASE"]
     for name in ("primary", "r1", "r2"):
@@ -212,7 +202,7 @@ def test_import_export_and_verify(cluster: Cluster, tmp_path: Path) -> None:
               env={"PYLITEFS_ADMIN_TOKEN": "wrong"})
     assert out.returncode == 1 and "HTTP 401" in out.stderr and not (tmp_path / "x.db").exists()
 
-    urls = ["--url", primary.url, "--url", replica.url]
+    urls = ["--url", primary.url]  # the replica is found through the primary (it told its URL)
     out = cli("verify", "--config", config, *urls)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "all 2 node(s) agree" in out.stdout

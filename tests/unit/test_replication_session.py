@@ -161,7 +161,7 @@ async def test_a_replica_without_the_secret_gets_nothing(primary: Primary, caplo
     primary.commit("a.db", {1: header_page(), 2: page(1)}, 2)
     stream = await open_upgraded(primary.url, 5)
     try:
-        await stream.send(Hello(PROTOCOL_VERSION, "", "mallory", new_nonce()))
+        await stream.send(Hello(PROTOCOL_VERSION, "", "mallory", new_nonce(), ""))
         assert isinstance(await stream.receive(), Challenge)
         await stream.send(Auth(bytes(32), {}))
         answer = await stream.receive()

@@ -52,8 +52,8 @@ NONCE = bytes(range(NONCE_SIZE))
 PROOF = bytes(range(PROOF_SIZE))
 
 SAMPLES: list[Message] = [
-    Hello(1, "cluster-1", "node-b", NONCE),
-    Hello(1, "", "n", NONCE),  # a replica that does not know the cluster id yet
+    Hello(1, "cluster-1", "node-b", NONCE, "http://10.0.0.2:20202"),
+    Hello(1, "", "n", NONCE, ""),  # a replica that does not know the cluster id yet
     Challenge(1, "cluster-1", "node-a", NONCE, PROOF, 2**64 - 1),
     Auth(PROOF, {"app.db": (7, 2**64 - 1), "é.db": (0, 0)}),
     Auth(PROOF, {}),
@@ -241,7 +241,7 @@ def mutated(msg: Message, **changes: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("body", "match"),
     [
-        ({"t": "hello", "version": 1, "cluster_id": "c", "node_id": "n"}, "'hello' message: missing fields 'nonce'$"),
+        ({"t": "hello", "version": 1, "cluster_id": "c", "node_id": "n", "url": ""}, "'hello' message: missing fields 'nonce'$"),
         (mutated(Welcome(), extra=1), "'welcome' message: unknown fields 'extra'$"),
         (mutated(SAMPLES[0], version=True), "'version' must be an int"),
         (mutated(SAMPLES[0], version=-1), "'version'"),
