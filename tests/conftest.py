@@ -10,10 +10,19 @@ from pathlib import Path
 
 import pytest
 
+from pylitefs.cluster import Cluster
+from pylitefs.etcdserver import EtcdServer
 from pylitefs.process import MountProcess
 
 #: Set by `make test` (and so by CI): missing FUSE fails the run instead of skipping.
 REQUIRE_FUSE = os.environ.get("PYLITEFS_REQUIRE_FUSE") == "1"
+
+
+def skip_unless_required(reason: str) -> None:
+    """Skip a test whose tool is missing; under `make test` (REQUIRE_FUSE) fail instead: make install provides it."""
+    if REQUIRE_FUSE:
+        pytest.fail(f"{reason} (make install installs it; PYLITEFS_REQUIRE_FUSE=1 forbids skipping)", pytrace=False)
+    pytest.skip(reason)
 
 
 def fuse_missing() -> str | None:
@@ -86,6 +95,27 @@ def mounts(tmp_path: Path) -> Iterator[MountFactory]:
 def mounted(mounts: MountFactory) -> MountProcess:
     """One running mount."""
     return mounts.start()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """A cluster factory; every node is stopped and unmounted at teardown, also on failure."""
+    c = Cluster(tmp_path)
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture
+def etcd(tmp_path: Path) -> Iterator[EtcdServer]:
+    """A started single-member etcd on free 127.0.0.1 ports; stopped at teardown even when the test fails."""
+    server = EtcdServer(tmp_path / "etcd-data", tmp_path / "etcd.log")
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
 
 
 def integrity(db: Path) -> str:

@@ -32,6 +32,7 @@ import pytest
 from pylitefs.cluster import Node, wait_caught_up, wait_for, wait_primary
 from pylitefs.config import load
 from pylitefs.etcdserver import ETCD_BINARY
+from tests.conftest import skip_unless_required
 
 REPO = Path(__file__).resolve().parent.parent.parent
 VAGRANT_DIR = REPO / "vagrant"
@@ -60,7 +61,7 @@ def provision(script: str, name: str, root: Path, **env: str) -> subprocess.Comp
 
 def test_vagrantfile_validates(tmp_path: Path) -> None:
     if shutil.which("vagrant") is None:
-        pytest.skip("the vagrant command is missing (Debian package vagrant, installed by make install)")
+        skip_unless_required("the vagrant command is missing (Debian package vagrant)")
     env = {**os.environ, "PYLITEFS_SECRET_FILE": str(tmp_path / "secret"),
            "VAGRANT_DOTFILE_PATH": str(tmp_path / "dot"), "VAGRANT_HOME": str(tmp_path / "home"),
            "VAGRANT_CHECKPOINT_DISABLE": "1"}  # no version check over the network
@@ -241,7 +242,8 @@ def ip(*args: str) -> None:
 def hosts(tmp_path: Path) -> Iterator[NetnsHosts]:
     missing = [tool for tool in ("ip", "nsenter", ETCD_BINARY) if shutil.which(tool) is None]
     if os.geteuid() != 0 or missing:
-        pytest.skip(f"namespace hosts need root, ip, nsenter and etcd (missing: {', '.join(missing) or 'root'})")
+        skip_unless_required(f"namespace hosts need root, ip, nsenter and etcd "
+                             f"(missing: {', '.join(missing) or 'root'})")
     h = NetnsHosts(tmp_path)
     try:
         h.create()
