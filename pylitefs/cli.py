@@ -7,7 +7,7 @@ import functools
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import trio
@@ -16,8 +16,6 @@ from fs.mount import MountError
 from pylitefs import __version__, clusterview, node, tools
 from pylitefs.admin import AdminError, admin_call, get_json, upload
 from pylitefs.config import Config, ConfigError, load, parse_addr, with_overrides
-
-log = logging.getLogger("pylitefs")
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -89,11 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.command == "mount":
         return _mount(args)
-    if args.command == "handoff":
-        return _handoff(args)
-    if args.command in ("status", "verify", "import"):
-        return {"status": _status, "verify": _verify, "import": _import}[args.command](args)
-    return _tool(args)
+    commands = {"handoff": _handoff, "status": _status, "verify": _verify, "import": _import}
+    return commands.get(args.command, _tool)(args)
 
 
 def _config(args: argparse.Namespace) -> Config | None:
@@ -108,38 +103,46 @@ def _config(args: argparse.Namespace) -> Config | None:
         return None
 
 
-def _tool(args: argparse.Namespace) -> int:
-    config = _config(args)
-    if config is None:
-        return EXIT_USAGE
-    try:
-        if args.command == "log":
-            for line in tools.log_lines(config.data.dir, args.name):
-                print(line)
-        elif args.url:
-            if args.txid is not None:
-                raise tools.ToolError("--txid needs the local log: a node exports its current position only")
-            txid, checksum = tools.export_remote(args.url, args.name, args.file, config.admin_token)
-            print(f"exported {args.name} at TXID {txid} (checksum {checksum:016x}) from {args.url} to {args.file}")
-        else:
-            txid, checksum = tools.export(config.data.dir, args.name, args.file, args.txid)
-            print(f"exported {args.name} at TXID {txid} (checksum {checksum:016x}) to {args.file}")
-    except (tools.ToolError, AdminError) as exc:
-        print(f"pylitefs: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+def _command(run: Callable[[argparse.Namespace, Config], int]) -> Callable[[argparse.Namespace], int]:
+    """`run(args, config)` with the configuration loaded (EXIT_USAGE, after saying why, when it cannot be);
+    an AdminError, ToolError or OSError it raises is printed as one line (EXIT_FAILURE)."""
+
+    @functools.wraps(run)
+    def command(args: argparse.Namespace) -> int:
+        config = _config(args)
+        if config is None:
+            return EXIT_USAGE
+        try:
+            return run(args, config)
+        except (AdminError, tools.ToolError, OSError) as exc:
+            print(f"pylitefs: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
+
+    return command
+
+
+@_command
+def _tool(args: argparse.Namespace, config: Config) -> int:
+    """`log` and `export` (from the local log, or with --url from a running node)."""
+    if args.command == "log":
+        for line in tools.log_lines(config.data.dir, args.name):
+            print(line)
+    elif args.url:
+        if args.txid is not None:
+            raise tools.ToolError("--txid needs the local log: a node exports its current position only")
+        txid, checksum = tools.export_remote(args.url, args.name, args.file, config.admin_token)
+        print(f"exported {args.name} at TXID {txid} (checksum {checksum:016x}) from {args.url} to {args.file}")
+    else:
+        txid, checksum = tools.export(config.data.dir, args.name, args.file, args.txid)
+        print(f"exported {args.name} at TXID {txid} (checksum {checksum:016x}) to {args.file}")
     return 0
 
 
-def _handoff(args: argparse.Namespace) -> int:
-    config = _config(args)
-    if config is None:
-        return EXIT_USAGE
+@_command
+def _handoff(args: argparse.Namespace, config: Config) -> int:
+    """`handoff`: ask the node to pass the lease on; 0 once it did."""
     url = args.url or _local_url(config)
-    try:
-        status, payload = admin_call(url, "/handoff", {"to": args.to} if args.to else {}, config.admin_token)
-    except AdminError as exc:
-        print(f"pylitefs: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+    status, payload = admin_call(url, "/handoff", {"to": args.to} if args.to else {}, config.admin_token)
     if status != 200:
         print(f"pylitefs: handoff refused: {payload.get('error', status)}", file=sys.stderr)
         return EXIT_FAILURE
@@ -154,15 +157,15 @@ def _local_url(config: Config) -> str:
 
 
 def _discover(args: argparse.Namespace, config: Config) -> list[clusterview.NodeView]:
+    """Every node reachable from --url (default: this config's node)."""
     token = config.admin_token
     return clusterview.discover(args.url or [_local_url(config)],
                                 lambda url, path: get_json(url, path, token=token, timeout=5))
 
 
-def _status(args: argparse.Namespace) -> int:
-    config = _config(args)
-    if config is None:
-        return EXIT_USAGE
+@_command
+def _status(args: argparse.Namespace, config: Config) -> int:
+    """`status`: print the cluster's table (or JSON); EXIT_FAILURE when a node did not answer."""
     views = _discover(args, config)
     if args.json:
         print(json.dumps({v.name: v.status or {"error": v.error, "url": v.url, "seen_by_primary": v.seen_by_primary}
@@ -172,10 +175,9 @@ def _status(args: argparse.Namespace) -> int:
     return EXIT_FAILURE if any(v.error is not None for v in views) else 0
 
 
-def _verify(args: argparse.Namespace) -> int:
-    config = _config(args)
-    if config is None:
-        return EXIT_USAGE
+@_command
+def _verify(args: argparse.Namespace, config: Config) -> int:
+    """`verify`: print every node's verdict; EXIT_FAILURE when one disagrees or cannot be verified."""
     results: dict[str, dict[str, Any] | str] = {}
     for view in _discover(args, config):
         if view.url is None:
@@ -198,16 +200,11 @@ def _verify(args: argparse.Namespace) -> int:
     return EXIT_FAILURE if bad else 0
 
 
-def _import(args: argparse.Namespace) -> int:
-    config = _config(args)
-    if config is None:
-        return EXIT_USAGE
+@_command
+def _import(args: argparse.Namespace, config: Config) -> int:
+    """`import`: upload the file to replace the database on the primary; 0 once it is one transaction."""
     url = args.url or _local_url(config)
-    try:
-        code, answer = upload(url, "/import", {"name": args.name}, config.admin_token, args.file)
-    except (AdminError, OSError) as exc:
-        print(f"pylitefs: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+    code, answer = upload(url, "/import", {"name": args.name}, config.admin_token, args.file)
     if code != 200:
         print(f"pylitefs: import refused (HTTP {code}): {answer.get('error', '')}", file=sys.stderr)
         return EXIT_FAILURE

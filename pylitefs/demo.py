@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pylitefs.cluster import Cluster, Node, free_port, wait_caught_up, wait_for, wait_primary
+from pylitefs.cluster import Cluster, free_port, wait_caught_up, wait_for, wait_primary
 from pylitefs.etcdserver import EtcdServer
 from pylitefs.process import force_unmount, is_mounted
 

@@ -48,6 +48,7 @@ class Subscription:
             pass
 
     def close(self) -> None:
+        """Leave the hub; the queue ends after the events it already holds."""
         self._hub.unsubscribe(self)
         self._send.close()
 
@@ -70,6 +71,7 @@ class EventHub:
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
+        """Stop queueing events for `sub` (a no-op if it already left)."""
         if sub in self._subscribers:
             self._subscribers.remove(sub)
 

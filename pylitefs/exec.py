@@ -110,6 +110,7 @@ class Exec:
         return code
 
     async def _run_commands(self) -> int:
+        """Once the node is ready, run the entries in order; the exit code `run` returns."""
         await self._idle(self._wait_ready)
         for i, command in enumerate(self.commands):
             last = i == len(self.commands) - 1
@@ -163,6 +164,11 @@ class Exec:
             await trio.sleep(READY_POLL_INTERVAL)
 
     async def _run_one(self, command: ExecCommand, what: str) -> int:
+        """Run `command` in its own process group until it ends; its exit status (126/127 if it cannot start).
+
+        Whatever it leaves running in its group is killed after it; if this
+        task is cancelled, the command is terminated (then killed) first.
+        """
         try:
             process = await trio.lowlevel.open_process(
                 shlex.split(command.cmd), env=self.env, stdin=subprocess.DEVNULL, process_group=0)
@@ -201,6 +207,7 @@ class Exec:
             log.warning("killed the processes pid %d left running in its process group", process.pid)
 
     async def _forward(self, signals: AsyncIterator[int]) -> None:
+        """Pass each of `signals` to the running command's group; a stop signal also ends the entries."""
         async for signum in signals:
             name = signal.Signals(signum).name
             process = self._process
@@ -231,6 +238,7 @@ class Exec:
         self._nursery.start_soon(self._kill_after_timeout, process)
 
     async def _kill_after_timeout(self, process: trio.Process) -> None:
+        """Kill `process`'s group if it still runs `stop_timeout` seconds from now."""
         await trio.sleep(self.stop_timeout)
         if process.returncode is None:
             log.warning("pid %d still runs %.0fs after the stop signal: killing it",

@@ -1,6 +1,7 @@
 """The node's one port: a small HTTP/1.1 API and the replication stream's upgrade.
 
-Built on h11 (sans-IO HTTP) over trio. Routes:
+Built on h11 (sans-IO HTTP) over trio; the connection loop, its limits
+and its error boundary are `pylitefs.h11io`'s, shared with the proxy. Routes:
 
 - `GET /info`    — this node: id, role, cluster id, primary, term (JSON);
 - `GET /status`  — role, primary, every database's position and lag, connected
@@ -41,6 +42,7 @@ import h11
 import trio
 
 from pylitefs.events import EventHub, Subscription
+from pylitefs.h11io import RECEIVE_SIZE, Limits, Peer, linger, serve_connection, serve_tcp
 from pylitefs.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from replication.stream import STREAM_PATH, UPGRADE_TOKEN, MessageStream
 
@@ -53,10 +55,11 @@ MAX_REQUEST_HEAD = 64 * 1024
 MAX_REQUEST_BODY = 1 << 20
 #: Largest upload (`POST /import`).
 MAX_UPLOAD = 1 << 40
-RECEIVE_SIZE = 1 << 16
 #: After refusing an upload, at most this much of its body is read (and ignored), for at most this long.
 DISCARD_BYTES = 64 << 20
 DISCARD_SECONDS = 5.0
+LIMITS = Limits(max_head=MAX_REQUEST_HEAD, head_timeout=REQUEST_TIMEOUT,
+                linger_bytes=DISCARD_BYTES, linger_seconds=DISCARD_SECONDS)
 #: An upload is written to its spool file in pieces of this size.
 SPOOL_CHUNK = 1 << 20
 #: A download (`GET /export`) is sent in pieces of this size.
@@ -121,67 +124,21 @@ class HttpServer:
     async def serve(self, host: str, port: int, *,
                     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen on host:port (all interfaces when host is empty) until cancelled."""
-        listeners = await trio.open_tcp_listeners(port, host=host or None)
-        task_status.started(listeners)
-        await trio.serve_listeners(self._connection, listeners)
+        await serve_tcp(self._connection, host, port, max_connections=MAX_CONNECTIONS, what="HTTP",
+                        task_status=task_status)
 
     async def _connection(self, stream: trio.SocketStream) -> None:
-        try:
-            self._slots.acquire_nowait()
-        except trio.WouldBlock:
-            log.warning("more than %d HTTP connections: closing a new one", MAX_CONNECTIONS)
-            await stream.aclose()
-            return
-        try:
-            await self._serve_connection(stream)
-        finally:
-            self._slots.release()
+        await serve_connection(stream, self._handle, _answer_error, LIMITS, "HTTP")
 
-    async def _serve_connection(self, stream: trio.SocketStream) -> None:
-        try:
-            peer = "%s:%s" % stream.socket.getpeername()[:2]
-        except OSError:
-            peer = "?"
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD)
-        try:
-            while True:
-                with trio.move_on_after(REQUEST_TIMEOUT) as timeout:
-                    request = await _read_head(stream, conn)
-                if timeout.cancelled_caught:
-                    log.info("HTTP client %s sent no complete request within %.0fs; closing",
-                             peer, REQUEST_TIMEOUT)
-                    return
-                if request is None:
-                    return
-                upgrade = await self._route(stream, conn, request, peer)
-                if upgrade is not None:
-                    handler, leftover = upgrade
-                    await handler(MessageStream(stream, leftover), peer)
-                    return
-                if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
-                    return
-                if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
-                    return
-                conn.start_next_cycle()
-        except h11.RemoteProtocolError as exc:
-            log.info("bad HTTP request from %s: %s", peer, exc)
-            try:
-                if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                    await _respond(stream, conn, exc.error_status_hint or 400,
-                                   {"error": f"bad request: {exc}"}, close=True)
-                    await stream.send_eof()
-                    await _discard_rest(stream)
-            except (h11.LocalProtocolError, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                pass
-        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, OSError) as exc:
-            log.debug("HTTP client %s went away: %s", peer, exc)
-        except Exception:  # one connection's bug must not stop the server for everyone
-            log.exception("unexpected error serving %s", peer)
-        finally:
-            try:
-                await stream.aclose()
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                pass
+    async def _handle(self, stream: trio.SocketStream, conn: h11.Connection, request: h11.Request,
+                      peer: Peer) -> bool:
+        """Answer one request; False once the connection carries the replication stream (it has ended)."""
+        upgrade = await self._route(stream, conn, request, str(peer))
+        if upgrade is None:
+            return True
+        handler, leftover = upgrade
+        await handler(MessageStream(stream, leftover), str(peer))
+        return False
 
     async def _route(self, stream: trio.SocketStream, conn: h11.Connection, request: h11.Request,
                      peer: str) -> tuple[StreamHandler, bytes] | None:
@@ -251,14 +208,12 @@ class HttpServer:
     async def _upload(self, stream: trio.SocketStream, conn: h11.Connection, request: h11.Request,
                       upload: Upload, params: dict[str, str]) -> None:
         if not await self._authorized(stream, conn, request):
-            await stream.send_eof()
-            await _discard_rest(stream)
+            await linger(stream, LIMITS)
             return
         refused = upload.check(params)
         if refused is not None:
             await _respond(stream, conn, *refused, close=True)
-            await stream.send_eof()
-            await _discard_rest(stream)
+            await linger(stream, LIMITS)
             return
         if conn.they_are_waiting_for_100_continue:
             await stream.send_all(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
@@ -326,18 +281,6 @@ async def _send_events(stream: trio.SocketStream, conn: h11.Connection, sub: Sub
         raise trio.TooSlowError("too slow to read its events")
 
 
-async def _discard_rest(stream: trio.SocketStream) -> None:
-    """After refusing an upload: read what the client still sends, for a while, so that closing does not
-    reset the connection before the client has read the answer."""
-    received = 0
-    with trio.move_on_after(DISCARD_SECONDS):
-        try:
-            while received < DISCARD_BYTES and (data := await stream.receive_some(RECEIVE_SIZE)):
-                received += len(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            pass
-
-
 async def _until_closed(stream: trio.SocketStream, scope: trio.CancelScope) -> None:
     """Read (and ignore) until the client closes its side, then cancel `scope`."""
     try:
@@ -346,22 +289,6 @@ async def _until_closed(stream: trio.SocketStream, scope: trio.CancelScope) -> N
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         pass
     scope.cancel()
-
-
-async def _read_head(stream: trio.SocketStream, conn: h11.Connection) -> h11.Request | None:
-    """The next request's head; None at a clean close."""
-    while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            data = await stream.receive_some(RECEIVE_SIZE)
-            conn.receive_data(data)
-            if not data and conn.their_state is h11.IDLE:
-                return None
-            continue
-        if isinstance(event, h11.Request):
-            return event
-        if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
-            return None
 
 
 async def _body_events(stream: trio.SocketStream, conn: h11.Connection) -> AsyncIterator[bytes]:
@@ -431,6 +358,12 @@ def _header(request: h11.Request, name: bytes) -> bytes:
         if key == name:
             return bytes(value)
     return b""
+
+
+async def _answer_error(stream: trio.SocketStream, conn: h11.Connection, status: int,
+                        payload: dict[str, Any]) -> None:
+    """The answer to a malformed request (h11io.serve_connection closes the connection after it)."""
+    await _respond(stream, conn, status, payload, close=True)
 
 
 async def _respond(stream: trio.SocketStream, conn: h11.Connection, status: int, payload: dict[str, Any] | Blob,

@@ -46,7 +46,7 @@ class Histogram:
 
 
 class Metrics:
-    """What the node counts as it works; read by `Node.metrics_text`."""
+    """What the node counts as it works; read by `pylitefs.api.metrics_text`."""
 
     def __init__(self) -> None:
         #: Transactions logged per database (both roles: captured on the primary, received on a replica).
@@ -62,10 +62,12 @@ class Metrics:
         self.max_lag_failures = 0
 
     def count_logged(self, db: str, size: int) -> None:
+        """One transaction of `size` page bytes logged for `db`."""
         self.logged[db] = self.logged.get(db, 0) + 1
         self.logged_bytes[db] = self.logged_bytes.get(db, 0) + size
 
     def count_applied(self, db: str, txns: int, seconds: float) -> None:
+        """A batch of `txns` transactions of `db` applied to the mount in `seconds`."""
         self.applied[db] = self.applied.get(db, 0) + txns
         self.apply_seconds.observe(seconds)
 
@@ -78,6 +80,7 @@ class Exposition:
         self._lines: list[str] = []
 
     def gauge(self, name: str, help_text: str, samples: Iterable[tuple[Labels, float]]) -> None:
+        """A gauge family: its HELP and TYPE lines, then a line per (labels, value) sample."""
         self._family(name, "gauge", help_text, samples)
 
     def counter(self, name: str, help_text: str, samples: Iterable[tuple[Labels, float]]) -> None:
@@ -87,6 +90,7 @@ class Exposition:
         self._family(name, "counter", help_text, samples)
 
     def histogram(self, name: str, help_text: str, histogram: Histogram, labels: Labels | None = None) -> None:
+        """A histogram family: cumulative `_bucket` lines (ending with `le="+Inf"`), `_sum` and `_count`."""
         full = self.prefix + name
         self._head(full, "histogram", help_text)
         base = dict(labels or {})
@@ -96,6 +100,7 @@ class Exposition:
         self._sample(full + "_count", base, histogram.count)
 
     def text(self) -> str:
+        """Every family written so far, as the exposition's text (ending with a newline)."""
         return "\n".join(self._lines) + "\n"
 
     def _family(self, name: str, kind: str, help_text: str, samples: Iterable[tuple[Labels, float]]) -> None:

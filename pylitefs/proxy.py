@@ -20,7 +20,8 @@ its proxy; a load balancer may send any request to any node. Per request
 
 A replica finds the primary's proxy through the lease: the primary's HTTP
 API URL, whose `/info` gives its `proxy_url` (cached per URL and term,
-fetched again after a failure). HTTP is h11 on both sides. Heads are limited
+fetched again after a failure). HTTP is h11 on both sides (client
+connections through `pylitefs.h11io`, shared with the API port). Heads are limited
 to MAX_HEAD bytes (`431`), malformed requests get `400`, a client silent for
 `proxy.client-timeout` is disconnected, and nothing a client or an
 upstream does stops the proxy for others.
@@ -37,6 +38,7 @@ import h11
 import trio
 
 from pylitefs.config import ProxyConfig, parse_addr, parse_url
+from pylitefs.h11io import RECEIVE_SIZE, Limits, Peer, serve_connection, serve_tcp
 from pylitefs.proxy_rules import (
     FORWARDED_MARK,
     HEALTH_PATH,
@@ -67,7 +69,6 @@ log = logging.getLogger(__name__)
 MAX_HEAD = 64 * 1024
 #: Connections served at once; more are closed at once.
 MAX_CONNECTIONS = 1024
-RECEIVE_SIZE = 1 << 16
 #: Longest wait to connect to the application or the primary's proxy.
 CONNECT_TIMEOUT = 5.0
 #: Longest wait for the application's (or the primary's) response head, and between two chunks of it.
@@ -103,87 +104,35 @@ class ProxyServer:
         self.name = name or "pylitefs"
         host, port = parse_addr(config.target)
         self.target = (host or "127.0.0.1", port)
-        self._slots = trio.Semaphore(MAX_CONNECTIONS)
+        self._limits = Limits(max_head=MAX_HEAD, head_timeout=config.client_timeout,
+                              linger_bytes=MAX_DRAIN, linger_seconds=LINGER_TIMEOUT)
         #: ((lease URL, term), the primary's proxy URL) last learned.
         self._primary: tuple[tuple[str, int], str] | None = None
 
     async def serve(self, host: str, port: int, *,
                     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen on host:port (all interfaces when host is empty) until cancelled."""
-        listeners = await trio.open_tcp_listeners(port, host=host or None)
-        task_status.started(listeners)
-        await trio.serve_listeners(self._connection, listeners)
+        await serve_tcp(self._connection, host, port, max_connections=MAX_CONNECTIONS, what="proxy",
+                        task_status=task_status)
 
     # ------------------------------------------------------------ connections
 
     async def _connection(self, stream: trio.SocketStream) -> None:
-        try:
-            self._slots.acquire_nowait()
-        except trio.WouldBlock:
-            log.warning("more than %d proxy connections: closing a new one", MAX_CONNECTIONS)
-            await stream.aclose()
-            return
-        try:
-            await self._serve_connection(stream)
-        finally:
-            self._slots.release()
+        await serve_connection(stream, self._serve_request, self._answer_error, self._limits, "proxy")
 
-    async def _serve_connection(self, stream: trio.SocketStream) -> None:
+    async def _serve_request(self, stream: trio.SocketStream, conn: h11.Connection, request: h11.Request,
+                             peer: Peer) -> bool:
+        """Answer one request; False when the connection must be closed afterwards."""
         try:
-            peer_ip = str(stream.socket.getpeername()[0])
-        except OSError:
-            peer_ip = "unknown"
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
-        try:
-            while True:
-                request = await self._next_request(stream, conn, peer_ip)
-                if request is None:
-                    return
-                if not await self._handle(stream, conn, request, peer_ip):
-                    return
-                if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
-                    return
-                conn.start_next_cycle()
-        except h11.RemoteProtocolError as exc:
-            log.info("bad HTTP request from %s: %s", peer_ip, exc)
-            try:
-                if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                    await self._respond(stream, conn, exc.error_status_hint or 400,
-                                        {"error": f"bad request: {exc}"})
-                    await _linger(stream)
-            except (h11.LocalProtocolError, trio.BrokenResourceError, trio.ClosedResourceError,
-                    trio.TooSlowError, OSError):
-                pass
-        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, OSError) as exc:
-            log.debug("proxy client %s went away: %r", peer_ip, exc)
+            return await self._handle(stream, conn, request, peer.ip)
         except UpstreamFailed as exc:  # after the response head: the client sees a cut response
-            log.warning("upstream failed while answering %s: %s", peer_ip, exc)
-        except Exception:  # one connection's bug must not stop the proxy for everyone
-            log.exception("unexpected error serving proxy client %s", peer_ip)
-        finally:
-            try:
-                await stream.aclose()
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                pass
+            log.warning("upstream failed while answering %s: %s", peer, exc)
+            return False
 
-    async def _next_request(self, stream: trio.SocketStream, conn: h11.Connection,
-                            peer_ip: str) -> h11.Request | None:
-        """The next request head; None when the client closed or stayed silent for client-timeout."""
-        with trio.move_on_after(self.config.client_timeout):
-            while True:
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    conn.receive_data(await stream.receive_some(RECEIVE_SIZE))
-                elif isinstance(event, h11.Request):
-                    # h11 bounds only an incomplete head: one that completes in the last read may be larger.
-                    if _head_size(event) > MAX_HEAD:
-                        raise h11.RemoteProtocolError("request head too large", 431)
-                    return event
-                else:  # ConnectionClosed
-                    return None
-        log.info("proxy client %s sent no complete request within %gs; closing", peer_ip,
-                 self.config.client_timeout)
-        return None
+    async def _answer_error(self, stream: trio.SocketStream, conn: h11.Connection, status: int,
+                            payload: dict[str, Any]) -> None:
+        """The answer to a malformed request (h11io.serve_connection closes the connection after it)."""
+        await self._respond(stream, conn, status, payload)
 
     async def _client_event(self, stream: trio.SocketStream, conn: h11.Connection) -> Any:
         """The next body event of the client's request (Data, EndOfMessage or PAUSED)."""
@@ -195,6 +144,7 @@ class ProxyServer:
                 conn.receive_data(await stream.receive_some(RECEIVE_SIZE))
 
     async def _send_client(self, stream: trio.SocketStream, data: bytes) -> None:
+        """Send `data` to the client; TooSlowError if it does not take it within client-timeout."""
         with trio.fail_after(self.config.client_timeout):  # a client that does not read is dropped
             await stream.send_all(data)
 
@@ -239,6 +189,7 @@ class ProxyServer:
                                        extra=[("Retry-After", str(RETRY_AFTER))], head=head)
 
     async def _read(self, stream: trio.SocketStream, conn: h11.Connection, request: h11.Request) -> bool:
+        """A read: to the local application once this node has the TXID the client presents (else 504)."""
         try:
             txid = requested_txid(request.headers)
         except ValueError as exc:
@@ -254,6 +205,7 @@ class ProxyServer:
 
     async def _to_app(self, stream: trio.SocketStream, conn: h11.Connection, request: h11.Request, *,
                       stamp: bool) -> bool:
+        """Pass the request to the local application (502 if it cannot be reached)."""
         try:
             return await self._proxy(stream, conn, request, self.target, stamp=stamp, peer_ip=None)
         except UpstreamUnavailable as exc:
@@ -343,6 +295,7 @@ class ProxyServer:
             await upstream.aclose()
 
     async def _send_upstream(self, upstream: trio.SocketStream, data: bytes) -> None:
+        """Send `data` upstream; _UpstreamBroken if it fails or takes longer than UPSTREAM_TIMEOUT."""
         try:
             with trio.fail_after(UPSTREAM_TIMEOUT):
                 await upstream.send_all(data)
@@ -420,21 +373,6 @@ class ProxyServer:
                 else:
                     return conn.their_state is h11.DONE
         return False
-
-
-async def _linger(stream: trio.SocketStream) -> None:
-    """After an error answer: stop sending, and read (and drop) what the client still sends for a moment,
-    so that closing does not reset the connection before the client has read the answer."""
-    await stream.send_eof()
-    with trio.move_on_after(LINGER_TIMEOUT):
-        dropped = 0
-        while dropped < MAX_DRAIN and (data := await stream.receive_some(RECEIVE_SIZE)):
-            dropped += len(data)
-
-
-def _head_size(request: h11.Request) -> int:
-    """About the size of a request head as sent (request line, headers, line ends)."""
-    return len(request.method) + len(request.target) + 13 + sum(len(k) + len(v) + 4 for k, v in request.headers)
 
 
 async def _upstream_event(upstream: trio.SocketStream, up: h11.Connection) -> Any:

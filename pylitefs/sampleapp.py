@@ -135,6 +135,7 @@ def _text(environ: dict[str, Any]) -> str:
 
 def _json(start_response: StartResponse, status: str, payload: dict[str, Any],
           extra: list[tuple[str, str]] | None = None) -> list[bytes]:
+    """Start a JSON response with `status`; its body."""
     body = json.dumps(payload).encode() + b"\n"
     start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
                    + (extra or []))
@@ -142,6 +143,7 @@ def _json(start_response: StartResponse, status: str, payload: dict[str, Any],
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Serve the sample app on --host:--port until interrupted."""
     parser = argparse.ArgumentParser(prog="python -m pylitefs.sampleapp", description=__doc__.split("\n")[0])
     parser.add_argument("--db", required=True, help="the SQLite database (on the pylitefs mount)")
     parser.add_argument("--port", type=int, required=True)

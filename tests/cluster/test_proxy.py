@@ -275,9 +275,7 @@ def test_no_primary_means_503_with_retry_after(ws_site: Site) -> None:
         assert status == 503 and headers["retry-after"] == "1", body
 
 
-def test_failover_window_503_then_writes_succeed(tmp_path: Path) -> None:
-    etcd = EtcdServer(tmp_path / "etcd", tmp_path / "etcd.log")
-    etcd.start()
+def test_failover_window_503_then_writes_succeed(tmp_path: Path, etcd: EtcdServer) -> None:
     s = Site(Cluster(tmp_path))
     try:
         for name in ("n1", "n2", "n3"):
@@ -305,4 +303,3 @@ def test_failover_window_503_then_writes_succeed(tmp_path: Path) -> None:
         assert {"before", "after"} <= {r["text"] for r in json.loads(body)["rows"]}
     finally:
         s.stop()
-        etcd.stop()

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,16 +49,6 @@ def container_env(tmp_path: Path, **values: str) -> dict[str, str]:
     env.update(PYLITEFS_CONFIG=str(EXAMPLE_CONFIG), PYLITEFS_MOUNT_DIR=str(tmp_path / "litefs"),
                PYLITEFS_DATA_DIR=str(tmp_path / "var-lib-litefs"), **values)
     return env
-
-
-@pytest.fixture
-def etcd(tmp_path: Path) -> Iterator[EtcdServer]:
-    server = EtcdServer(tmp_path / "etcd-data", tmp_path / "etcd.log")
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
 
 
 def request(url: str, data: dict[str, str] | None = None) -> tuple[int, Any]:

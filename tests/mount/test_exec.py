@@ -12,7 +12,6 @@ import json
 import signal
 import sqlite3
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -151,15 +150,6 @@ def test_app_exiting_by_itself_gives_its_code(mounts: MountFactory, tmp_path: Pa
     go.touch()
     assert wait_exit(node) == 7
     assert not is_mounted(str(node.mountpoint))
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path)
-    try:
-        yield c
-    finally:
-        c.stop()
 
 
 @pytest.mark.fuse

@@ -54,6 +54,13 @@ class FakeNode:
         return 0
 
 
+async def next_event(conn: h11.Connection, stream: trio.SocketStream) -> Any:
+    """`conn`'s next h11 event, reading from `stream` as it needs."""
+    while (ev := conn.next_event()) is h11.NEED_DATA:
+        conn.receive_data(await stream.receive_some(CHUNK))
+    return ev
+
+
 class Upstream:
     """`/info` like a primary's API; any other request: its body counted, a streamed response."""
 
@@ -65,14 +72,8 @@ class Upstream:
 
     async def handle(self, stream: trio.SocketStream) -> None:
         conn = h11.Connection(h11.SERVER)
-
-        async def event() -> Any:
-            while (ev := conn.next_event()) is h11.NEED_DATA:
-                conn.receive_data(await stream.receive_some(CHUNK))
-            return ev
-
         async with stream:
-            request = await event()
+            request = await next_event(conn, stream)
             if request.target == b"/info":
                 body = json.dumps({"role": "primary", "proxy_url": f"http://127.0.0.1:{self.port}"}).encode()
                 await stream.send_all(conn.send(h11.Response(status_code=200, headers=[
@@ -81,7 +82,7 @@ class Upstream:
                 return
             self.headers = list(request.headers)
             size = 0
-            while isinstance(ev := await event(), h11.Data):
+            while isinstance(ev := await next_event(conn, stream), h11.Data):
                 size += len(ev.data)
                 self.got_first_chunk.set()
             await stream.send_all(conn.send(h11.Response(status_code=201, headers=[("X-Count", str(size))])))
@@ -114,19 +115,13 @@ async def test_a_forwarded_write_streams_both_ways_with_forwarded_headers(nurser
             for _ in range(15):
                 await stream.send_all(client.send(h11.Data(data=b"x" * CHUNK)))
             await stream.send_all(client.send(h11.EndOfMessage()))
-
-            async def event() -> Any:
-                while (ev := client.next_event()) is h11.NEED_DATA:
-                    client.receive_data(await stream.receive_some(CHUNK))
-                return ev
-
-            response = await event()
+            response = await next_event(client, stream)
             assert response.status_code == 201 and (b"x-count", str(16 * CHUNK).encode()) in response.headers
             received = b""
             while len(received) < CHUNK:  # the first half arrives while the upstream holds the rest
-                received += (await event()).data
+                received += (await next_event(client, stream)).data
             upstream.may_finish.set()
-            while isinstance(ev := await event(), h11.Data):
+            while isinstance(ev := await next_event(client, stream), h11.Data):
                 received += ev.data
             assert received == b"a" * CHUNK + b"b" * CHUNK
     seen = dict(upstream.headers)
@@ -147,8 +142,7 @@ async def test_a_write_forwarded_once_is_not_forwarded_again(nursery: trio.Nurse
             await stream.send_all(client.send(h11.Request(method="POST", target="/", headers=[
                 ("Host", "x"), ("Content-Length", "2"), ("Pylitefs-Forwarded", "node1")]))
                 + client.send(h11.Data(data=b"ab")) + client.send(h11.EndOfMessage()))
-            while (ev := client.next_event()) is h11.NEED_DATA:
-                client.receive_data(await stream.receive_some(CHUNK))
+            ev = await next_event(client, stream)
     assert ev.status_code == 503 and (b"retry-after", b"1") in ev.headers
     assert upstream.headers == []  # nothing reached the upstream
 
@@ -164,8 +158,7 @@ async def test_the_primary_stamps_writes_with_the_txid(nursery: trio.Nursery) ->
             async with stream:
                 await stream.send_all(client.send(h11.Request(method=method, target="/", headers=[("Host", "x")]))
                                       + client.send(h11.EndOfMessage()))
-                while (ev := client.next_event()) is h11.NEED_DATA:
-                    client.receive_data(await stream.receive_some(CHUNK))
+                ev = await next_event(client, stream)
         headers = dict(ev.headers)
         assert (headers.get(b"pylitefs-txid") == b"000000000000002a") is stamped
         assert (b"x-forwarded-for" in dict(upstream.headers)) is False  # the local app gets the request as sent
