@@ -70,11 +70,19 @@ def prepare_mountpoint(mountpoint: str) -> None:
     A stale FUSE mount left by a daemon that died is detached first; a live
     mount is refused. Staleness is probed with a directory listing, which
     always reaches the daemon (a stat may be answered from the kernel's
-    attribute cache even after the daemon died).
+    attribute cache even after the daemon died; when it is not cached, the
+    stat itself fails with ENOTCONN).
     """
-    if not os.path.lexists(mountpoint):
-        raise MountError(f"mount point {mountpoint} does not exist (create it first)")
-    if _is_mountpoint(mountpoint):
+    try:
+        os.lstat(mountpoint)
+        dead = False
+    except FileNotFoundError:
+        raise MountError(f"mount point {mountpoint} does not exist (create it first)") from None
+    except OSError as exc:
+        if exc.errno != errno.ENOTCONN:
+            raise MountError(f"cannot use mount point {mountpoint}: {exc.strerror}") from None
+        dead = True
+    if dead or _is_mountpoint(mountpoint):
         try:
             os.listdir(mountpoint)
         except OSError as exc:

@@ -9,6 +9,7 @@ SIGKILL, DESIGN.md §9).
 
 from __future__ import annotations
 
+import errno
 import signal
 import subprocess
 import sys
@@ -68,7 +69,12 @@ class MountProcess:
 
     def start(self, timeout: float = 30.0) -> MountProcess:
         """Start the daemon and wait until its mount is ready."""
-        self.mountpoint.mkdir(parents=True, exist_ok=True)
+        try:
+            self.mountpoint.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            # A stale mount left by a killed daemon, its attributes not cached: the daemon clears it.
+            if exc.errno != errno.ENOTCONN:
+                raise
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:

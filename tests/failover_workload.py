@@ -9,11 +9,14 @@ workload's write transactions (`sqlite_workload.write_one`, which increments
 `seq.k`) on that node's mount. After every commit SQLite reported it prints
 `{"k": K, "node": NAME, "t": UNIX_TIME}`: K is the sequence number inside the
 committed transaction. Any SQLite error (read-only, I/O, the node went away)
-closes the connection and finds the primary again. With `--only NAME` it
+is printed as `{"error": MESSAGE, "node": NAME, "t": UNIX_TIME}`, closes the
+connection and finds the primary again. With `--only NAME` it
 writes to that node alone, whatever its role (to show what a deposed primary
 accepts). With `--marks` each transaction instead increments `seq.k` and
-inserts that K into the table `marks(k)` (which must exist), so that a test
-can check that every acknowledged K is in the final database. It stops when
+inserts that K and a random tag into the table `marks(k, tag, payload)`
+(which must exist), and the printed line carries the tag too, so that a test
+can check that every acknowledged commit is in the final database (the tag
+tells it from a later commit that reused the K of a lost one). It stops when
 the stop file exists.
 """
 
@@ -46,12 +49,12 @@ def role(url: str) -> str | None:
         return None
 
 
-def write_mark(conn: sqlite3.Connection) -> None:
-    """One transaction: `seq.k` + 1, and a `marks` row holding the new K."""
+def write_mark(conn: sqlite3.Connection, tag: str) -> None:
+    """One transaction: `seq.k` + 1, and a `marks` row holding the new K and `tag`."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         conn.execute("UPDATE seq SET k=k+1")
-        conn.execute("INSERT INTO marks(k, payload) SELECT k, randomblob(200) FROM seq")
+        conn.execute("INSERT INTO marks(k, tag, payload) SELECT k, ?, randomblob(200) FROM seq", (tag,))
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
@@ -77,14 +80,17 @@ def writer(nodes: dict[str, tuple[str, str]], db: str, stop_file: str, only: str
                         continue
                 conn = sqlite3.connect(os.path.join(nodes[current][1], db), timeout=2, isolation_level=None)
                 conn.execute("PRAGMA synchronous=FULL")
+            record: dict[str, object] = {}
             if marks:
-                write_mark(conn)
+                record["tag"] = os.urandom(8).hex()
+                write_mark(conn, str(record["tag"]))
             else:
                 write_one(conn, rng, 1, seq=True)
             k = conn.execute("SELECT k FROM seq").fetchone()[0]
-            print(json.dumps({"k": k, "node": current, "t": time.time()}), flush=True)
-        except sqlite3.Error:
+            print(json.dumps({"k": k, "node": current, "t": time.time(), **record}), flush=True)
+        except sqlite3.Error as exc:
             errors += 1
+            print(json.dumps({"error": str(exc), "node": current, "t": time.time()}), flush=True)
             if conn is not None:
                 try:
                     conn.close()

@@ -1,4 +1,5 @@
-"""A fault-injecting TCP relay on 127.0.0.1: forwards to one target until cut(), like a network partition."""
+"""A fault-injecting TCP relay on 127.0.0.1: forwards to one target until cut() (a network partition)
+or freeze() (the target's machine lost with everything it was sending)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,11 @@ class Relay:
     cut() closes every open connection and then blackholes new ones: they are accepted but nothing is
     forwarded, so a client times out as it would behind a partition (no quick "connection refused").
     restore() forwards again, including the connections accepted while cut.
+
+    freeze() is a machine that dies with its network: from then on nothing is forwarded either way, what
+    arrives is discarded, and the peers see neither a close nor a reset, only silence (the target's own
+    close or reset, e.g. its kill -9, is swallowed too). thaw() is the machine back: every connection it
+    had, open or accepted while frozen, is closed; new ones are forwarded.
     """
 
     def __init__(self, target_host: str, target_port: int) -> None:
@@ -36,6 +42,7 @@ class Relay:
         self.port = free_port()
         self._lock = threading.Lock()
         self._cut = False
+        self._frozen = False
         self._closed = False
         self._open: set[socket.socket] = set()      # sockets of forwarded connections (both sides)
         self._held: list[socket.socket] = []        # accepted while cut, not forwarded yet
@@ -63,6 +70,20 @@ class Relay:
             held, self._held = self._held, []
         for sock in held:
             self._forward(sock)
+
+    def freeze(self) -> None:
+        """Forward nothing from now on, and discard it: no byte the target sends after this returns gets out."""
+        with self._lock:
+            self._frozen = True
+
+    def thaw(self) -> None:
+        """End a freeze: close the connections of before (the machine is back, they are gone) and forward again."""
+        with self._lock:
+            self._frozen = False
+            victims, self._open = self._open, set()
+            held, self._held = self._held, []
+        for sock in [*victims, *held]:
+            _shut(sock)
 
     def close(self) -> None:
         """Stop listening and close every connection, forwarded or held."""
@@ -92,7 +113,7 @@ class Relay:
                 if self._closed:
                     sock.close()
                     return
-                if self._cut:
+                if self._cut or self._frozen:
                     self._held.append(sock)
                     continue
             self._forward(sock)
@@ -106,7 +127,7 @@ class Relay:
             return
         upstream.settimeout(None)
         with self._lock:
-            if self._cut or self._closed:  # cut while we were connecting
+            if self._cut or self._frozen or self._closed:  # cut while we were connecting
                 upstream.close()
                 if self._closed:
                     client.close()
@@ -122,14 +143,17 @@ class Relay:
                          name=f"relay-{self.port}-reap").start()
 
     def _pump(self, source: socket.socket, sink: socket.socket) -> None:
-        """Copy one direction; on an error tear the whole connection down."""
+        """Copy one direction; on an error tear the whole connection down. Frozen: discard, pass no end on."""
         try:
             while data := source.recv(65536):
-                sink.sendall(data)
-            sink.shutdown(socket.SHUT_WR)
-        except OSError:  # closed by cut()/close() or reset by a peer
-            _shut(source)
-            _shut(sink)
+                if not self._frozen:
+                    sink.sendall(data)
+            if not self._frozen:
+                sink.shutdown(socket.SHUT_WR)
+        except OSError:  # closed by cut()/close()/thaw() or reset by a peer
+            if not self._frozen:
+                _shut(source)
+                _shut(sink)
 
     def _reap(self, client: socket.socket, upstream: socket.socket, pumps: list[threading.Thread]) -> None:
         """Close both sockets once both directions are done."""
