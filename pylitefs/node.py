@@ -457,7 +457,7 @@ class Node:
 
     def _logged(self, txn: Transaction) -> None:
         self.metrics.count_logged(txn.db, len(txn.pages) * txn.page_size)
-        if self.role == "primary":
+        if self.role == "primary" and self.events:  # no /events client: no event built (commit path)
             self.events.publish(tx_event(txn))
 
     def _applied(self, db: str, txns: list[Transaction], seconds: float) -> None:
@@ -465,7 +465,7 @@ class Node:
         # The replica publishes the position right after the apply, before a waiter runs.
         self._position_changed.set()
         self._position_changed = trio.Event()
-        if self.role != "primary":
+        if self.role != "primary" and self.events:
             for txn in txns:
                 self.events.publish(tx_event(txn))
 

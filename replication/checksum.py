@@ -137,17 +137,30 @@ class PageHashes:
         """
         if commit_size < 0:
             raise ChecksumError(f"negative commit size {commit_size}")
-        for pgno, page in pages.items():
-            if pgno < 1:
-                raise ChecksumError(f"invalid page number {pgno}")
-            if len(page) != self.page_size:
-                raise ChecksumError(
-                    f"page {pgno} is {len(page)} bytes, page size is {self.page_size}"
-                )
         hashes = self._hashes
         total = self._checksum
         old_size = len(hashes)
         lock = self._lock_page
+        page_size = self.page_size
+        changed: list[tuple[int, int]] = []
+        blake2b = hashlib.blake2b
+        # One pass: check each page, and hash those that stay (nothing changes
+        # before `apply_update`, so raising midway leaves everything as it was).
+        for pgno, page in pages.items():
+            if pgno < 1:
+                raise ChecksumError(f"invalid page number {pgno}")
+            if len(page) != page_size:
+                raise ChecksumError(f"page {pgno} is {len(page)} bytes, page size is {page_size}")
+            if pgno > commit_size or pgno == lock:
+                continue
+            h = blake2b(page, digest_size=_DIGEST)  # page_hash(pgno, page), inlined
+            h.update(pgno.to_bytes(4, "big"))
+            new = int.from_bytes(h.digest(), "big")
+            # A page past the old size is in `grown`, where its slot holds 0.
+            if pgno <= old_size:
+                total ^= hashes[pgno - 1]
+            total ^= new
+            changed.append((pgno - 1, new))
         grown: array[int] | None = None
         if commit_size < old_size:
             total ^= reduce(xor, hashes[commit_size:], 0)
@@ -161,19 +174,6 @@ class PageHashes:
                 ),
             )
             total ^= reduce(xor, grown, 0)
-        changed: list[tuple[int, int]] = []
-        blake2b = hashlib.blake2b
-        for pgno, page in pages.items():
-            if pgno > commit_size or pgno == lock:
-                continue
-            h = blake2b(page, digest_size=_DIGEST)  # page_hash(pgno, page), inlined
-            h.update(pgno.to_bytes(4, "big"))
-            new = int.from_bytes(h.digest(), "big")
-            # A page past the old size is in `grown`, where its slot holds 0.
-            if pgno <= old_size:
-                total ^= hashes[pgno - 1]
-            total ^= new
-            changed.append((pgno - 1, new))
         return HashUpdate(self, old_size, self._checksum, commit_size, grown, changed, total)
 
     def apply_update(self, update: HashUpdate) -> int:

@@ -42,7 +42,7 @@ import os
 import threading
 import time
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import TracebackType
 
 from fs.formats.image import apply_pages
@@ -434,27 +434,35 @@ class TransactionLog:
 
     # ------------------------------------------------------------ retention
 
-    def compact(self, retain_seconds: float, max_bytes: int | None, now_ns: int) -> int:
+    def compact(self, retain_seconds: float, max_bytes: int | None, now_ns: int,
+                keep_from: Callable[[], int | None] | None = None) -> int:
         """Drop the oldest records older than `retain_seconds` or beyond `max_bytes` in total.
 
-        The newest record is always kept, and TXIDs continue (`first_txid`
-        moves). Rewrites the kept records into `<path>.compact`, fsyncs it and
+        The newest record is always kept, and so is every record from TXID
+        `keep_from()` on (asked under the log's lock, as the records to keep
+        are chosen, so that an append racing the compaction is seen). TXIDs
+        continue (`first_txid` moves). Rewrites the kept records into `<path>.compact`, fsyncs it and
         renames it over the log. Returns the number of records dropped.
         Blocking: run it in a worker thread; appends may go on meanwhile.
         """
         with self._compact_lock:
-            return self._compact(retain_seconds, max_bytes, now_ns)
+            return self._compact(retain_seconds, max_bytes, now_ns, keep_from)
 
-    def _compact(self, retain_seconds: float, max_bytes: int | None, now_ns: int) -> int:
+    def _compact(self, retain_seconds: float, max_bytes: int | None, now_ns: int,
+                 keep_from: Callable[[], int | None] | None) -> int:
         with self._lock:
             if self._fd < 0:
                 raise LogClosedError(f"{self.path} is closed")
             offsets, timestamps, count = self._offsets, self._timestamps, len(self._offsets)
             size = self._size
+            floor = keep_from() if keep_from is not None else None
+            first_txid = self._first_txid
             old_fd = os.dup(self._fd)
         try:
             cut = _records_to_drop(offsets, timestamps, count, size,
                                    now_ns - int(retain_seconds * 1e9), max_bytes)
+            if floor is not None:
+                cut = max(0, min(cut, floor - first_txid))
             if cut == 0:
                 return 0
             return self._rewrite(old_fd, cut, offsets[cut], size)

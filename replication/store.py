@@ -135,19 +135,29 @@ class Store:
         state = self._dbs.get(db) or self._open(db)
         if not state.loaded:
             raise StoreError(f"{db}: its log has transactions but load() was not called")
-        if retractable:
-            last = state.log.last
-            before = state.hashes.copy() if state.hashes is not None else None
-            state.undo = (last.txid + 1 if last is not None else 1, before)
+        last = state.log.last
+        txid = last.txid + 1 if last is not None else 1
         hashes = state.hashes
+        undone = state.undo
+        if retractable:  # set before the append: a compaction under way keeps the record before it
+            state.undo = (txid, hashes.copy() if hashes is not None else None)
+        try:
+            txn = self._log_commit(state, db, txid, page_size, commit_size, pages, hashes)
+        except BaseException:
+            state.undo = undone  # nothing was logged: nothing new to take back
+            raise
+        if self._listeners:
+            self._notify(txn)
+
+    def _log_commit(self, state: _Db, db: str, txid: int, page_size: int, commit_size: int,
+                    pages: Mapping[int, bytes], hashes: PageHashes | None) -> Transaction:
+        """Encode and append TXID `txid` of `db`, then account for it in `state`; the transaction."""
         pre = hashes.checksum if hashes is not None else 0
         if hashes is None or hashes.page_size != page_size:
             if hashes is not None:
                 _check_full(db, page_size, commit_size, pages)
             hashes = PageHashes(page_size)
         update = hashes.plan(pages, commit_size)
-        last = state.log.last
-        txid = last.txid + 1 if last is not None else 1
         timestamp = self._clock()
         node_id = self.node_id
         ordered = (
@@ -177,8 +187,7 @@ class Store:
         state.log.append(txn)
         hashes.apply_update(update)
         state.hashes = hashes
-        if self._listeners:
-            self._notify(txn)
+        return txn
 
     def retract(self, db: str, txid: int) -> None:
         """Remove TXID `txid` of `db` and anything logged after it: their commit failed (blocking: fsyncs).
@@ -548,10 +557,13 @@ class Store:
         now = self._clock() if now_ns is None else now_ns
         dropped: dict[str, int] = {}
         for db, state in list(self._dbs.items()):
-            if state.undo is not None:
-                continue  # a commit waits for its replicas and may be taken back: keep the one before it
+            def keep_from(state: _Db = state) -> int | None:
+                """A commit that waits for its replicas may be taken back: keep the record before it."""
+                undo = state.undo
+                return undo[0] - 1 if undo is not None else None
+
             try:
-                n = state.log.compact(self.retention_seconds, self.retention_max_bytes, now)
+                n = state.log.compact(self.retention_seconds, self.retention_max_bytes, now, keep_from)
             except LogClosedError:
                 continue  # renamed or closed meanwhile
             if n:

@@ -16,7 +16,7 @@ The checksum is linear over Z/2**32: running it over a page from state s
 gives A**m * s + C(page), where m is the number of word pairs and C(page) the
 page's checksum from (0, 0). `WalTracker` keeps C(page) per pending frame, so
 re-validating a chain after SQLite rewrites frame headers costs a few
-multiplications per frame, and each page is summed once per write.
+multiplications per frame, and each page is summed at most once.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import logging
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 import numpy as np
 
@@ -342,9 +342,8 @@ def frame_offset(frame: int, page_size: int) -> int:
 # --- commits --------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class WalCommit:
-    """One committed transaction found in the WAL.
+class WalCommit(NamedTuple):
+    """One committed transaction found in the WAL (a NamedTuple: built once per commit, cheaply).
 
     `pages` holds the last version of each page the transaction wrote, only
     pages <= `commit_size` (the database size in pages after the commit).
@@ -517,9 +516,9 @@ class _WholeFrame:
     either write at page-cache boundaries, so they arrive as several chunks,
     each starting where the previous one ended. The chunks (bytes objects,
     not copied) are kept until the frame is complete; then `head` and `page`
-    are set and the page's checksum contribution is computed, once. `page` is
-    None until then. Any other write to the frame turns it into a
-    `_PendingFrame`.
+    are set (`page` is None until then). The page's checksum contribution
+    (`page_sum`) is computed only if the general walk validates the frame.
+    Any other write to the frame turns it into a `_PendingFrame`.
     """
 
     __slots__ = ("chunks", "filled", "head", "page", "page_sum")
@@ -591,7 +590,10 @@ class WalTracker:
     checksum chain from the header through its commit frame validates, which
     SQLite may achieve at the commit frame's page write or, when it rewrote
     pages of the uncommitted transaction in place, at the last frame-header
-    rewrite (walRewriteChecksums). Writes may arrive in any chunking.
+    rewrite (walRewriteChecksums). Writes may arrive in any chunking. The one
+    exception to validating the chain: a one-frame transaction appended, in
+    order, right after the last commit (by far the most common commit) is
+    trusted to carry the checksum SQLite computed (see `_frame_complete`).
 
     State kept: the current header, the number and checksum of the last
     committed frame, and only the frames written since then. Committed frames
@@ -716,18 +718,27 @@ class WalTracker:
         return self._write(offset, data)
 
     def _frame_complete(self, chain: _Chain, frame: int, whole: _WholeFrame) -> list[WalCommit]:
-        """The fast path completed `whole` (frame `frame`): sum its page; commit if it ends one."""
+        """The fast path completed `whole` (frame `frame`); commit if it ends a transaction.
+
+        A one-frame transaction appended right after the last commit is taken
+        on SQLite's word: its salts and page number are checked, its checksum
+        is not recomputed but continued from the frame header. SQLite writes a
+        frame with a stale checksum only in a transaction that rewrote one of
+        its own earlier frames (walRewriteChecksums), i.e. never as the first
+        frame after a commit; recovery (`scan_wal`) verifies every checksum
+        from the file. Any other frame keeps its page for the general walk,
+        which verifies the chain (the page's sum is computed there, once).
+        """
         page = whole.finish()
-        whole.page_sum = page_sum = _vector_sum(page, chain.big_endian)
-        if whole.head[4:8] == b"\0\0\0\0":
+        head = whole.head
+        if head[4:8] == b"\0\0\0\0":
             return []  # not a commit frame
         if frame != self._committed + 1:
             return self._commit_upto(frame, (frame,))  # several frames: the general walk
-        # A one-frame transaction: what _commit_upto does, for this case.
-        step = chain.next(self._checksum, whole.head, page_sum)
-        if step is None:
+        pgno, commit, salt1, salt2, c1, c2 = _FRAME_HEADER.unpack(head)
+        if pgno == 0 or (salt1, salt2) != chain.salts:
             return []
-        s, pgno, commit = step
+        s = (c1, c2)
         last = self._last_frame
         self._last_frame = (pgno, commit, page)
         self._committed = frame
@@ -840,8 +851,10 @@ class WalTracker:
             if type(pending) is _WholeFrame:
                 if pending.page is None:
                     break
-                step = chain.next(s, pending.head, pending.page_sum)  # type: ignore[arg-type]
                 page = pending.page
+                if pending.page_sum is None:
+                    pending.page_sum = chain.page_sum(page)
+                step = chain.next(s, pending.head, pending.page_sum)
             else:
                 if not pending.complete():
                     break

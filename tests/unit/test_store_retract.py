@@ -165,19 +165,14 @@ def test_retention_keeps_the_commit_before_one_that_can_be_taken_back(tmp_path: 
     try:
         history(store, Model(), 3)
         store.commit(DB, PAGE, 4, {4: page(1)}, retractable=True)
-        assert store.compact(clock.now + SECOND) == {}  # it would drop TXID 3, which retract needs
+        assert store.compact(clock.now + SECOND) == {DB: 2}  # TXID 3 stays: retract needs it
         store.keep(DB, 4)
-        assert store.compact(clock.now + SECOND) == {DB: 3}
+        assert store.compact(clock.now + SECOND) == {DB: 1}
         assert [t.txid for t in store.read(DB)] == [4]
     finally:
         store.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Store.commit records what retract needs (state.undo) before it can fail (_check_full, Transaction "
-    "checks, the append): a retractable commit that raises leaves undo = (its TXID, hashes) behind, so "
-    "the next commit, logged under that TXID though not retractable, can be taken back, and compact() "
-    "skips the database until the next retractable commit. Fix: set state.undo only after the append."))
 def test_a_failed_retractable_commit_leaves_nothing_to_take_back(tmp_path: Path) -> None:
     clock = Clock()
     store = Store(tmp_path / ".pylitefs", "node-1", clock=clock, retention_seconds=0.0)
@@ -193,13 +188,6 @@ def test_a_failed_retractable_commit_leaves_nothing_to_take_back(tmp_path: Path)
         store.close()
 
 
-@pytest.mark.xfail(strict=True, raises=StoreError, reason=(
-    "Store.compact (a worker thread, node.py) looks at state.undo once, before TransactionLog.compact "
-    "copies the log: a retractable commit logged on the trio thread in between is not protected, and "
-    "retention (here: the database idle past retention-seconds) drops every record before it, so "
-    "retract cannot cut back to the TXID before it (StoreError 'no longer in the log') and the failed "
-    "commit stays logged. Fix: let the log's compaction keep the record before a TXID the store names "
-    "under the log's lock, or re-check undo under it."))
 def test_a_compaction_under_way_keeps_the_record_before_a_retractable_commit(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     clock = Clock()

@@ -71,8 +71,9 @@ def test_fast_path_mixed_with_odd_writes(seed: int) -> None:
             pgno = rng.randint(1, 6)
             page = os.urandom(ps)
             commit = 6 if i == count - 1 else 0
-            if commit and rng.random() < 0.3:
-                # First an invalid version of the commit frame (stale checksum), then a rewrite.
+            if commit and count > 1 and rng.random() < 0.3:
+                # First an invalid version of the commit frame (stale checksum), then a rewrite:
+                # what walRewriteChecksums does, only ever in a transaction of several frames.
                 bad, _ = encode_frame_header(header, (s[0] ^ 1, s[1]), pgno, commit, page)
                 off = frame_offset(frame, ps)
                 writes += [(off, bad), (off + FRAME_HEADER_SIZE, page)]
@@ -107,3 +108,25 @@ def test_vector_checksum_extremes(page_size: int, big_endian: bool) -> None:
             s0 = (s0 + words[i] + s1) & 0xFFFFFFFF
             s1 = (s1 + words[i + 1] + s0) & 0xFFFFFFFF
         assert wal_checksum(page, big_endian) == (s0, s1)
+
+
+def test_one_frame_commit_is_checked_for_salts_and_trusted_for_its_checksum() -> None:
+    """The fast path takes an in-order one-frame commit on SQLite's word, but never a stale frame."""
+    ps = 512
+    header = build_wal_header(ps, 1, 7, 9)
+    page = os.urandom(ps)
+    tracker = WalTracker()
+    tracker.write(0, header.to_bytes())
+    # A frame left from the previous generation (other salts) is not a commit.
+    old = build_wal_header(ps, 0, 5, 6)
+    stale, _ = encode_frame_header(old, header.checksum, 1, 1, page)
+    tracker.write(frame_offset(1, ps), stale)
+    assert tracker.write(frame_offset(1, ps) + FRAME_HEADER_SIZE, page) == []
+    # SQLite's frame: reported at once, and the chain continues from its checksum.
+    hdr, s = encode_frame_header(header, header.checksum, 1, 1, page)
+    fresh = WalTracker()
+    fresh.write(0, header.to_bytes())
+    fresh.write(frame_offset(1, ps), hdr)
+    commits = fresh.write(frame_offset(1, ps) + FRAME_HEADER_SIZE, page)
+    assert [(c.commit_size, dict(c.pages), c.checksum) for c in commits] == [(1, {1: page}, s)]
+    assert (fresh.mx_frame, fresh.checksum) == (1, s)
