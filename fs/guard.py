@@ -5,8 +5,9 @@ snapshot) and is killed at that moment cannot finish exiting: its thread waits
 for an answer only the dead daemon could give, so the FUSE connection stays up
 and everything that touches the mount hangs. A machine that dies leaves no
 such thing behind; the guard makes `kill -9` of the daemon end the same way.
-It polls the daemon; when the daemon's main thread is dead (exiting) while
-another of its threads is still there after a grace period, it aborts the
+It polls the daemon; when the daemon was killed (its main thread is dead
+while another thread lives on, or a thread still has the SIGKILL pending)
+and is still there after a grace period, it aborts the
 mount's FUSE connection through fusectl (the stuck thread gets an error, the
 daemon finishes exiting and releases its data dir) and detaches the mount.
 It exits as soon as the daemon or its mount is gone.
@@ -41,14 +42,37 @@ def _state(pid: int) -> str | None:
         return None
 
 
-def _stuck(pid: int) -> bool:
-    """True when `pid` was killed (its main thread is a zombie) but another of its threads lives on."""
-    if _state(pid) != "Z":
-        return False
+#: SIGKILL's bit in /proc's signal masks.
+_SIGKILL_BIT = 1 << (9 - 1)
+
+
+def _kill_pending(pid: int, tid: str) -> bool:
+    """True when thread `tid` of `pid` has a SIGKILL it has not acted on (it waits in the kernel)."""
     try:
-        return any(tid != str(pid) for tid in os.listdir(f"/proc/{pid}/task"))
+        with open(f"/proc/{pid}/task/{tid}/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith(("SigPnd:", "ShdPnd:")) and int(line.split()[1], 16) & _SIGKILL_BIT:
+                    return True
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
+
+
+def _stuck(pid: int) -> bool:
+    """True when `pid` was killed but has not finished exiting.
+
+    Either its main thread is already a zombie while another thread lives
+    on, or one of its threads (the main one included: it may be the one
+    waiting, in its exit, on a request to its own mount) still has the
+    SIGKILL pending.
+    """
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return False
+    if _state(pid) == "Z":
+        return any(tid != str(pid) for tid in tids)
+    return any(_kill_pending(pid, tid) for tid in tids)
 
 
 def watch(pid: int, minor: int, mountpoint: str) -> None:

@@ -57,17 +57,38 @@ class Writer:
     def __init__(self, nodes: list[Node], stop: Path, only: str | None = None, marks: bool = False) -> None:
         self.stop_file = stop
         self.out = stop.with_suffix(".out")
-        args = [sys.executable, FAILOVER, "writer", "--db", DB, "--stop-file", str(stop)]
+        self.out.write_text("")
+        self.args = [sys.executable, FAILOVER, "writer", "--db", DB, "--stop-file", str(stop)]
         for n in nodes:
-            args += ["--node", f"{n.name}={n.url}={n.mountpoint}"]
+            self.args += ["--node", f"{n.name}={n.url}={n.mountpoint}"]
         if only:
-            args += ["--only", only]
+            self.args += ["--only", only]
         if marks:
-            args += ["--marks"]
-        self.proc = subprocess.Popen(args, stdout=open(self.out, "w"), stderr=subprocess.PIPE, text=True)
+            self.args += ["--marks"]
+        #: Writers that a signal ended (SIGBUS: SQLite touched the -shm mapping of a node that died).
+        self.restarts = 0
+        self.proc = self._spawn()
+
+    def _spawn(self) -> subprocess.Popen[str]:
+        with open(self.out, "a") as out:
+            return subprocess.Popen(self.args, stdout=out, stderr=subprocess.PIPE, text=True)
+
+    def _restart_if_killed(self) -> None:
+        """An application whose node's machine died dies with it; its next instance carries on.
+
+        SQLite maps `-shm`: touching a page of the mapping of a node whose daemon is gone raises
+        SIGBUS. What the writer printed (its acknowledged commits) stays in the output file.
+        """
+        code = self.proc.poll()
+        if code is not None and code < 0 and not self.stop_file.exists():
+            self.restarts += 1
+            assert self.restarts <= 10, f"the writer died {self.restarts} times (last: signal {-code})"
+            self.proc.communicate()
+            self.proc = self._spawn()
 
     def records(self) -> list[dict[str, Any]]:
         """Every line the writer printed so far, parsed."""
+        self._restart_if_killed()
         out = []
         for line in self.out.read_text().splitlines():
             try:

@@ -100,7 +100,7 @@ def test_bad_input_on_the_stream_port_is_refused_and_logged(cluster: Cluster) ->
     raw(primary, b"\x00\x00\x10")  # truncated length
     raw(primary, struct.pack(">I", 1 << 31) + b"x" * 100)  # oversized
     raw(primary, struct.pack(">I", 100_000) + b"x" * 100_000)  # more than a handshake frame may be
-    raw(primary, encode_message(Hello(PROTOCOL_VERSION + 98, "", "old", secrets.token_bytes(16))))
+    raw(primary, encode_message(Hello(PROTOCOL_VERSION + 98, "", "old", secrets.token_bytes(16), "")))
     bad_secret = cluster.replica("intruder", cluster={"secret": "wrong"})
     other_cluster = cluster.replica("stranger", cluster={"id": "0123456789abcdef"})
     wait_for(lambda: "could not prove it knows the cluster secret" in primary.log_text(), 30,
