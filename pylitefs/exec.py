@@ -55,7 +55,7 @@ class ReplicaView(Protocol):
     """What the readiness check reads of `replication.replica.ReplicaClient`."""
 
     connected: bool
-    primary_positions: dict[str, tuple[int, int]]
+    heartbeats: int
 
     def caught_up(self) -> bool: ...
 
@@ -140,13 +140,12 @@ class Exec:
     async def _wait_ready(self) -> None:
         """Return once the node is primary, or a replica caught up with a heartbeat heard while connected.
 
-        The replica replaces `primary_positions` with a new dict at every
-        heartbeat; a dict seen while disconnected, or before the first check
-        while connected, may be an earlier stream's, so the wait goes on until
-        another arrives.
+        The replica counts heartbeats; the positions of one counted while
+        disconnected, or before the first check while connected, may be an
+        earlier stream's, so the wait goes on until another arrives.
         """
         replica: ReplicaView | None = None
-        seen: dict[str, tuple[int, int]] | None = None
+        seen = -1
         logged = False
         while True:
             if self.node.role == "primary":
@@ -154,8 +153,8 @@ class Exec:
                 return
             current = self.node.replica
             if current is not replica or not current.connected:
-                replica, seen = current, current.primary_positions
-            elif current.primary_positions is not seen and current.caught_up():
+                replica, seen = current, current.heartbeats
+            elif current.heartbeats != seen and current.caught_up():
                 log.info("this replica is caught up with the primary: starting")
                 return
             if not logged:

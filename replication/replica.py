@@ -121,6 +121,8 @@ class ReplicaClient:
         self.connected = False
         #: The primary's positions from its last heartbeat.
         self.primary_positions: dict[str, tuple[int, int]] = {}
+        #: Heartbeats received so far (from any stream): a new one means fresh `primary_positions`.
+        self.heartbeats = 0
         # Positions applied to the mount (what -pos shows).
         self.applied: dict[str, tuple[int, int]] = store.positions()
         self._caught_up_at = time.monotonic()
@@ -308,6 +310,7 @@ class ReplicaClient:
                 await send.send(_Pending(None, False, forget=msg.db))
             elif isinstance(msg, Heartbeat):
                 self.primary_positions = dict(msg.positions)
+                self.heartbeats += 1
                 self._note_progress()
                 await stream.send(Ack(dict(self._synced)))  # also tells the primary we are alive
             else:

@@ -41,16 +41,6 @@ TTL = 2.0
 SYNC_TIMEOUT = "300ms"
 
 
-@pytest.fixture
-def etcd(tmp_path: Path) -> Iterator[EtcdServer]:
-    server = EtcdServer(tmp_path / "etcd", tmp_path / "etcd.log")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 class Writer:
     """A failover_workload writer process and what it printed."""
 
