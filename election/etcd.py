@@ -30,6 +30,13 @@ Measured with python-etcd3 0.12.0 against etcd 3.4.23:
     watch only as a way to hear about changes sooner.
   * gRPC channels back off reconnects up to 2 minutes: after any connection failure the client drops
     its channel and opens a fresh one (on the next endpoint) for the next call.
+  * With username/password, python-etcd3 authenticates once, when the client is made, and sends that
+    token with every call. etcd forgets a "simple" token after --auth-token-ttl (300 s) without use and
+    on restart (a "jwt" token expires after its ttl whatever happens); calls then fail with
+    UNAUTHENTICATED "etcdserver: invalid auth token" before doing anything, so the call is made once
+    more on a fresh client, which authenticates again. Leases need no token (LeaseGrant and
+    LeaseKeepAlive work without one); reads, puts and transactions fail with INVALID_ARGUMENT
+    "etcdserver: user name is empty" when auth is on and no credentials are set.
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ import math
 import secrets
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -78,7 +85,7 @@ class EtcdSettings:
     cert: str = ""
     cert_key: str = ""
     username: str = ""
-    password: str = ""
+    password: str = field(default="", repr=False)  # kept out of reprs (logs, tracebacks)
 
 
 @dataclass(frozen=True)
@@ -98,6 +105,11 @@ class EtcdError(Exception):
 
 class LeaseLost(EtcdError):
     """the lease no longer exists (expired or revoked)."""
+
+
+class EtcdAuthError(EtcdError):
+    """etcd refused our credentials, or wants some we do not have: retrying will not help until the
+    settings or etcd's users change."""
 
 
 @dataclass(frozen=True)
@@ -134,6 +146,47 @@ def _describe(exc: BaseException) -> tuple[grpc.StatusCode | None, str]:
     return None, f"{type(exc).__name__}: {exc}"
 
 
+#: etcd's answers about credentials (its error text) -> what to tell the operator.
+_AUTH_ERRORS = {
+    "authentication failed, invalid user ID or password": "authentication failed for user {user!r}",
+    "user name is empty": "etcd requires authentication, but no username is set",
+    "authentication is not enabled": "a username is set but etcd has authentication disabled",
+    "permission denied": "user {user!r} lacks permission (etcd role) for these keys",
+}
+
+
+#: gRPC's TLS failures (its error text, lower case) -> what to tell the operator. Measured with grpcio
+#: 1.85 and etcd 3.4 (TLS 1.3): an etcd that refuses the client's cert (or its absence) closes the
+#: connection after the handshake, which gRPC reports as "Unwrap failed (TSI_DATA_CORRUPTED)".
+_TLS_ERRORS = {
+    "certificate_verify_failed": "TLS failed: etcd's certificate does not verify against ca_cert {ca!r}",
+    "is not in peer certificate": "TLS failed: etcd's certificate is not valid for this host name",
+    "tsi_data_corrupted": "TLS failed: etcd refused the connection; it wants a client certificate "
+                          "signed by a CA it trusts (cert {cert!r})",
+    "handshake failed": "TLS handshake with etcd failed",
+}
+
+
+def _auth_problem(detail: str, settings: EtcdSettings) -> str | None:
+    """What is wrong with the credentials, when etcd's error `detail` is about them."""
+    for text, problem in _AUTH_ERRORS.items():
+        if text in detail:
+            return problem.format(user=settings.username)
+    return None
+
+
+def _tls_problem(detail: str, settings: EtcdSettings) -> str | None:
+    """What went wrong in TLS, when gRPC's error `detail` says so."""
+    for text, problem in _TLS_ERRORS.items():
+        if text in detail.lower():
+            return problem.format(ca=settings.ca_cert, cert=settings.cert or "none set")
+    return None
+
+
+def _token_expired(code: grpc.StatusCode | None, detail: str) -> bool:
+    return code == grpc.StatusCode.UNAUTHENTICATED and "invalid auth token" in detail
+
+
 def _lease_missing(code: grpc.StatusCode | None, detail: str) -> bool:
     return code == grpc.StatusCode.NOT_FOUND and "lease not found" in detail
 
@@ -168,8 +221,13 @@ class EtcdClient:
         auth: dict[str, Any] = {}
         if s.username:
             auth = {"user": s.username, "password": s.password}
-        return etcd3.client(endpoint.host, endpoint.port, timeout=s.timeout, grpc_options=grpc_options,
-                            **tls, **auth)
+        client = etcd3.client(endpoint.host, endpoint.port, timeout=s.timeout, grpc_options=grpc_options,
+                              **tls, **auth)
+        if not endpoint.tls:
+            # gRPC refuses call credentials on a plaintext channel (UNAUTHENTICATED: "Established channel
+            # does not have a sufficient security level"); the token travels as metadata all the same.
+            client.call_credentials = None
+        return client
 
     def _connection(self) -> tuple[Any, _Endpoint]:
         with self._lock:
@@ -181,31 +239,52 @@ class EtcdClient:
                     self._client = self._open(endpoint)
                 except Exception as exc:
                     self._index = (self._index + 1) % len(self._endpoints)
-                    raise EtcdError(f"cannot connect to etcd at {endpoint.url}: {_describe(exc)[1]}") from exc
+                    raise self._error("cannot connect to etcd", endpoint, _describe(exc)[1]) from exc
             return self._client, endpoint
 
-    def _drop(self, client: Any) -> None:
-        """Forget client (if it is still the current one) and move on to the next endpoint."""
+    def _drop(self, client: Any, next_endpoint: bool = True) -> None:
+        """Forget client (if it is still the current one); unless told not to, move on to the next endpoint."""
         with self._lock:
             if self._client is not client:
                 return  # another thread already moved on
             self._client = None
-            self._index = (self._index + 1) % len(self._endpoints)
+            if next_endpoint:
+                self._index = (self._index + 1) % len(self._endpoints)
         client.close()
 
     def _call(self, what: str, fn: Callable[[Any], T]) -> T:
-        """Run fn(python-etcd3 client); translate every failure into EtcdError/LeaseLost."""
-        client, endpoint = self._connection()
-        try:
-            return fn(client)
-        except (grpc.RpcError, etcd3.Etcd3Exception, ValueError, OSError) as exc:  # ValueError: channel closed
-            code, detail = _describe(exc)
-            message = f"cannot {what} at {endpoint.url}: {detail}"
-            if _lease_missing(code, detail):
-                raise LeaseLost(message) from exc
-            if code is None or code in _CONNECTION_CODES:
-                self._drop(client)
-            raise EtcdError(message) from exc
+        """Run fn(python-etcd3 client); translate every failure into EtcdError/LeaseLost/EtcdAuthError.
+
+        A call refused for an expired auth token is made once more, after authenticating again."""
+        reauthenticated = False
+        while True:
+            client, endpoint = self._connection()
+            try:
+                return fn(client)
+            except (grpc.RpcError, etcd3.Etcd3Exception, ValueError, OSError) as exc:  # ValueError: channel closed
+                code, detail = _describe(exc)
+                if _token_expired(code, detail) and not reauthenticated:
+                    log.info("etcd at %s no longer accepts our auth token (expired, or etcd restarted): "
+                             "authenticating again", endpoint.url)
+                    self._drop(client, next_endpoint=False)
+                    reauthenticated = True
+                    continue
+                if _lease_missing(code, detail):
+                    raise LeaseLost(f"cannot {what} at {endpoint.url}: {detail}") from exc
+                if code is None or code in _CONNECTION_CODES:
+                    self._drop(client)
+                raise self._error(f"cannot {what}", endpoint, detail) from exc
+
+    def _error(self, action: str, endpoint: _Endpoint, detail: str) -> EtcdError:
+        """The error for a failed `action` ("cannot ..."), saying what is wrong with credentials or TLS
+        when the failure's `detail` tells (EtcdAuthError for credentials)."""
+        problem = _auth_problem(detail, self.settings)
+        if problem:
+            return EtcdAuthError(f"{action} at {endpoint.url}: {problem} ({detail})")
+        problem = _tls_problem(detail, self.settings) if endpoint.tls else None
+        if problem:
+            return EtcdError(f"{action} at {endpoint.url}: {problem} ({detail})")
+        return EtcdError(f"{action} at {endpoint.url}: {detail}")
 
     def close(self) -> None:
         """Close the connection; later calls raise EtcdError. Watches are cancelled separately."""

@@ -86,7 +86,7 @@ class EtcdConfig:
     tls_cert: str = ""
     tls_key: str = ""
     username: str = ""
-    password: str = ""
+    password: str = field(default="", repr=False)  # kept out of reprs (logs, tracebacks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,6 +359,10 @@ class Config:
             raise ConfigError("lease.etcd.prefix must start with '/'")
         if bool(etcd.tls_cert) != bool(etcd.tls_key):
             raise ConfigError("lease.etcd.tls-cert and lease.etcd.tls-key go together")
+        if not etcd.tls_ca and any(e.startswith("https:") for e in etcd.endpoints):
+            raise ConfigError("an https lease.etcd endpoint needs lease.etcd.tls-ca (the CA of etcd's certificate)")
+        if bool(etcd.username) != bool(etcd.password):
+            raise ConfigError("lease.etcd.username and lease.etcd.password go together")
         if self.lease.advertise_url:
             _check_url("lease.advertise-url", self.lease.advertise_url)
         if not self.secret:
