@@ -3,16 +3,21 @@
 A record is a 20-byte header followed by a body:
 
     0  magic        b"PLTX"
-    4  version      u8 (1)
+    4  version      u8 (2)
     5  flags        u8 (bit 0: body is zlib-compressed)
     6  reserved     u16, zero
     8  body length  u32, big-endian
-    12 body crc32   u32 of the body as stored
-    16 header crc32 u32 of bytes 0..15
+    12 body check   u32: the low 32 bits of XXH3-64 of the body as stored
+    16 header crc32 u32 (CRC-32) of bytes 0..15
 
 The header has its own CRC so that a damaged length is reported as corruption
 instead of sending the reader past the end of the buffer. The body is a
 msgpack map (see `_to_body`); it is unpacked with explicit limits.
+
+Version 1 records (CRC-32 of the body, BLAKE2b page checksums in
+`replication.checksum`) are not readable: their checksums mean something
+else. A record with a valid header of another version raises
+`UnsupportedRecordError`, which is not corruption: nothing is cut for it.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from types import MappingProxyType
 from typing import Any
 
 import msgpack
+import xxhash
 
 from fs.formats import is_valid_page_size, lock_page
 
@@ -38,6 +44,7 @@ __all__ = [
     "Transaction",
     "TransactionError",
     "TruncatedRecordError",
+    "UnsupportedRecordError",
     "decode_record",
     "encode_record",
     "iter_records",
@@ -45,7 +52,7 @@ __all__ = [
 ]
 
 RECORD_MAGIC = b"PLTX"
-RECORD_VERSION = 1
+RECORD_VERSION = 2
 RECORD_HEADER_SIZE = 20
 #: Largest body accepted by default (after decompression): 1 GiB.
 DEFAULT_MAX_RECORD_SIZE = 1 << 30
@@ -77,6 +84,16 @@ class TruncatedRecordError(RecordError):
 
 class CorruptRecordError(RecordError):
     """Bytes that are not a valid record: bad magic, CRC, msgpack, or field values."""
+
+
+class UnsupportedRecordError(RecordError):
+    """A well-formed record header of a record version this pylitefs does not read."""
+
+    def __init__(self, version: int, offset: int) -> None:
+        super().__init__(
+            f"record version {version} (this pylitefs reads version {RECORD_VERSION} only)", offset
+        )
+        self.version = version
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +239,12 @@ _BODY_TYPES: dict[str, type] = {
 _packers = threading.local()
 _HEAD_PREFIX = struct.Struct(">4sBBHII")
 _CRC = struct.Struct(">I")
+_xxh3 = xxhash.xxh3_64_intdigest
+
+
+def _body_check(body: bytes | memoryview) -> int:
+    """The header's check value of a stored body (low 32 bits of its XXH3-64)."""
+    return _xxh3(body) & 0xFFFFFFFF
 
 
 def packb(obj: Any) -> bytes:
@@ -248,14 +271,14 @@ def encode_record(txn: Transaction, *, compress: bool = False) -> bytes:
         flags |= FLAG_ZLIB
     if len(body) > 0xFFFFFFFF:
         raise TransactionError(f"record body of {len(body)} bytes exceeds 4 GiB")
-    head = _HEAD_PREFIX.pack(RECORD_MAGIC, RECORD_VERSION, flags, 0, len(body), zlib.crc32(body))
+    head = _HEAD_PREFIX.pack(RECORD_MAGIC, RECORD_VERSION, flags, 0, len(body), _body_check(body))
     return b"".join((head, _CRC.pack(zlib.crc32(head)), body))
 
 
 def _read_header(
     buf: bytes | bytearray | memoryview, offset: int, max_record_size: int
 ) -> tuple[int, int, int]:
-    """(flags, body length, body crc) of the record at `offset`, checked."""
+    """(flags, body length, body check value) of the record at `offset`, checked."""
     if len(buf) - offset < RECORD_HEADER_SIZE:
         raise TruncatedRecordError(
             f"record header needs {RECORD_HEADER_SIZE} bytes, {len(buf) - offset} left", offset
@@ -266,7 +289,7 @@ def _read_header(
     if zlib.crc32(memoryview(buf)[offset : offset + 16]) != head_crc:
         raise CorruptRecordError("record header CRC mismatch", offset)
     if version != RECORD_VERSION:
-        raise CorruptRecordError(f"unsupported record version {version}", offset)
+        raise UnsupportedRecordError(version, offset)
     if flags & ~_KNOWN_FLAGS or reserved:
         raise CorruptRecordError(f"unknown record flags {flags:#x}/{reserved:#x}", offset)
     if length > max_record_size:
@@ -299,7 +322,8 @@ def decode_record(
     """Decode the record at `offset`; return it and the offset just past it.
 
     Raises TruncatedRecordError when `buf` ends inside the record, and
-    CorruptRecordError for anything else that is wrong (magic, CRCs, version,
+    UnsupportedRecordError for a valid header of another record version, and
+    CorruptRecordError for anything else that is wrong (magic, CRCs,
     flags, size limit, compression, msgpack, field types or values).
     """
     flags, length, body_crc = _read_header(buf, offset, max_record_size)
@@ -310,8 +334,8 @@ def decode_record(
             f"record body needs {length} bytes, {len(buf) - start} left", offset
         )
     body = memoryview(buf)[start:end]
-    if zlib.crc32(body) != body_crc:
-        raise CorruptRecordError("record body CRC mismatch", offset)
+    if _body_check(body) != body_crc:
+        raise CorruptRecordError("record body checksum mismatch", offset)
     if flags & FLAG_ZLIB:
         body = memoryview(_inflate(body, max_record_size, offset))
     return _from_body(body, offset), end

@@ -120,7 +120,7 @@ __all__ = [
     "txn_chunks",
 ]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: log record version 2 (XXH3 checksums)
 #: Default hard limit of one frame's body, in bytes.
 MAX_FRAME_SIZE = 16 * 1024 * 1024
 #: Bytes of transaction record per TxnChunk; also the default snapshot batch size.

@@ -7,6 +7,7 @@ import errno
 import logging
 import os
 import threading
+import zlib
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,14 @@ def chain(n: int, *, first: int = 1, pre: int = 0, t0: int = 1_000 * SECOND, ste
         ))
         pre = post
     return txns
+
+
+def assert_holds(path: Path, txns: list[Transaction]) -> None:
+    """The log file holds exactly the records of `txns`, then only zeros (space allocated ahead)."""
+    records = b"".join(encode_record(t) for t in txns)
+    data = path.read_bytes()
+    assert data[: len(records)] == records
+    assert not any(data[len(records) :])
 
 
 def write_log(path: Path, txns: list[Transaction]) -> TransactionLog:
@@ -64,7 +73,7 @@ def test_append_read_round_trip(path: Path) -> None:
         assert list(txlog.read(15)) == txns[14:]
         assert list(txlog.read(21)) == []
         txlog.sync()
-    assert path.stat().st_size == sum(len(encode_record(t)) for t in txns)
+    assert_holds(path, txns)
     with TransactionLog.open(path) as txlog:
         assert list(txlog) == txns and txlog.last == txns[-1] and len(txlog) == 20
         txlog.append(chain(1, first=21, pre=txns[-1].post_checksum)[0])
@@ -105,8 +114,8 @@ def test_append_must_continue_the_chain(path: Path) -> None:
 
 def test_torn_tail_at_every_offset_is_cut(path: Path, caplog: pytest.LogCaptureFixture) -> None:
     txns = chain(3)
-    write_log(path, txns).close()
-    whole = path.read_bytes()
+    with write_log(path, txns) as txlog:
+        whole = path.read_bytes()[: txlog.size]
     last_start = len(whole) - len(encode_record(txns[-1]))
     for cut in range(last_start + 1, len(whole)):
         path.write_bytes(whole[:cut])
@@ -125,16 +134,44 @@ def test_torn_tail_at_every_offset_is_cut(path: Path, caplog: pytest.LogCaptureF
         assert list(txlog) == txns
 
 
-def test_zero_filled_tail_is_a_torn_tail(path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    txns = chain(2)
-    write_log(path, txns).close()
-    good = path.stat().st_size
-    with path.open("ab") as f:
+def test_space_is_allocated_ahead_and_kept_quietly(
+    path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    txns = chain(4)
+    with write_log(path, txns[:2]) as txlog:
+        size = txlog.size
+    allocated = path.stat().st_size
+    assert allocated >= 64 << 10 and allocated > size
+    assert_holds(path, txns[:2])
+    with caplog.at_level(logging.DEBUG), TransactionLog.open(path) as txlog:
+        assert list(txlog) == txns[:2] and txlog.size == size
+        txlog.append(txns[2])
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert path.stat().st_size == allocated  # the append went into the zeros
+    with path.open("ab") as f:  # more zeros, as a crash extending the file leaves them
         f.write(bytes(4096))
     with caplog.at_level(logging.WARNING), TransactionLog.open(path) as txlog:
-        assert list(txlog) == txns
-    assert path.stat().st_size == good
-    assert not any(r.levelno >= logging.ERROR for r in caplog.records)
+        assert list(txlog) == txns[:3]
+        txlog.append(txns[3])
+    assert not caplog.records
+    assert_holds(path, txns)
+
+
+def test_a_damaged_last_record_before_the_zeros_is_a_torn_tail(
+    path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    txns = chain(3)
+    with write_log(path, txns) as txlog:
+        size = txlog.size
+    last = size - len(encode_record(txns[-1]))
+    data = bytearray(path.read_bytes())
+    data[last + RECORD_HEADER_SIZE + 10 : size] = bytes(size - last - RECORD_HEADER_SIZE - 10)
+    path.write_bytes(data)  # the record's body never reached the disk: zeros, as around it
+    with caplog.at_level(logging.WARNING), TransactionLog.open(path) as txlog:
+        assert list(txlog) == txns[:2] and txlog.size == last
+    assert [r.levelno for r in caplog.records] == [logging.WARNING]
+    assert "torn" in caplog.records[0].getMessage() or "damaged" in caplog.records[0].getMessage()
+    assert path.stat().st_size == last
 
 
 def test_flipped_byte_in_the_middle_cuts_from_there(
@@ -167,6 +204,18 @@ def test_broken_chain_is_corruption(path: Path, caplog: pytest.LogCaptureFixture
                for r in caplog.records)
 
 
+def test_a_log_of_another_record_version_is_refused_untouched(path: Path) -> None:
+    records = bytearray(b"".join(encode_record(t) for t in chain(3)))
+    records[4] = 1  # the version byte of the first record: version 1, as written before XXH3
+    records[16:20] = zlib.crc32(bytes(records[:16])).to_bytes(4, "big")  # a valid header
+    path.write_bytes(bytes(records))
+    for readonly in (False, True):
+        with pytest.raises(LogError, match="record version 1.*another version of pylitefs"):
+            TransactionLog.open(path, readonly=readonly)
+    assert path.read_bytes() == records  # nothing cut, nothing kept aside
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
+
+
 def test_garbage_file(path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path.write_bytes(b"this is not a transaction log\n" * 100)
     with caplog.at_level(logging.WARNING), TransactionLog.open(path) as txlog:
@@ -193,13 +242,13 @@ def test_failed_append_leaves_no_partial_record(
     txns = chain(3)
     txlog = write_log(path, txns[:2])
     size = txlog.size
-    real_write = os.write
+    real_pwrite = os.pwrite
 
-    def half_then_enospc(fd: int, data: bytes) -> int:
-        real_write(fd, bytes(data)[: len(data) // 2])
+    def half_then_enospc(fd: int, data: bytes, offset: int) -> int:
+        real_pwrite(fd, bytes(data)[: len(data) // 2], offset)
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(os, "write", half_then_enospc)
+    monkeypatch.setattr(os, "pwrite", half_then_enospc)
     with pytest.raises(OSError) as info:
         txlog.append(txns[2])
     assert info.value.errno == errno.ENOSPC
@@ -272,7 +321,7 @@ def test_retention_by_age_keeps_recent_and_txids_continue(path: Path) -> None:
             txlog.append(txn)
         assert list(txlog) == txns[7:] + more
         txlog.sync()
-    assert path.stat().st_size == sum(len(encode_record(t)) for t in txns[7:] + more)
+    assert_holds(path, txns[7:] + more)
     assert not Path(str(path) + ".compact").exists()
     with TransactionLog.open(path) as txlog:
         assert txlog.first_txid == 8 and list(txlog) == txns[7:] + more

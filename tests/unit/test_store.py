@@ -152,17 +152,18 @@ def test_failed_append_leaves_state_unchanged(
 ) -> None:
     images = random_history(store, "app.db", 5)
     log_path = Path(store.logs_dir) / "app.db.log"
-    size = log_path.stat().st_size
     before = store.position("app.db")
     state = store._dbs["app.db"]
+    size = state.log.size
+    records = log_path.read_bytes()[:size]
     if how == "write":
-        real_write = os.write
+        real_pwrite = os.pwrite
 
-        def enospc(fd: int, data: bytes) -> int:
-            real_write(fd, bytes(data)[:100])  # a partial record reaches the file
+        def enospc(fd: int, data: bytes, offset: int) -> int:
+            real_pwrite(fd, bytes(data)[:100], offset)  # a partial record reaches the file
             raise OSError(errno.ENOSPC, "No space left on device")
 
-        monkeypatch.setattr(os, "write", enospc)
+        monkeypatch.setattr(os, "pwrite", enospc)
         with pytest.raises(OSError):
             store.commit("app.db", PAGE, 9, {9: page(99)})
         monkeypatch.undo()
@@ -173,7 +174,8 @@ def test_failed_append_leaves_state_unchanged(
             store.commit("app.db", PAGE, 9, {9: page(99)})
         state.log = TransactionLog.open(log_path)
     assert store.position("app.db") == before
-    assert log_path.stat().st_size == size
+    data = log_path.read_bytes()
+    assert data[:size] == records and not any(data[size:])  # no partial record
     # The in-memory hashes were not touched: the next commit chains correctly.
     store.commit("app.db", PAGE, 9, {9: page(100)})
     image = Model()
@@ -357,10 +359,11 @@ def test_load_missing_database(tmp_path: Path) -> None:
 def test_load_cuts_a_torn_tail(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     store = Store(tmp_path / ".pylitefs", "n1")
     images = random_history(store, "app.db", 5)
+    size = store._dbs["app.db"].log.size
     store.close()
     log_path = tmp_path / ".pylitefs" / "logs" / "app.db.log"
     with log_path.open("r+b") as f:
-        f.truncate(log_path.stat().st_size - 10)
+        f.truncate(size - 10)
     store = Store(tmp_path / ".pylitefs", "n1")
     with caplog.at_level(logging.WARNING):
         # The database itself is at TXID 5 but the log lost it: a mismatch.

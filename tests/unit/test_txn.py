@@ -10,6 +10,7 @@ import zlib
 
 import msgpack
 import pytest
+import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,6 +22,7 @@ from replication.txn import (
     Transaction,
     TransactionError,
     TruncatedRecordError,
+    UnsupportedRecordError,
     decode_record,
     encode_record,
     iter_records,
@@ -168,9 +170,26 @@ def test_garbage_raises_record_error(data: bytes) -> None:
         decode_record(data)
 
 
-def _record(body: bytes, flags: int = 0) -> bytes:
-    head = struct.pack(">4sBBHII", b"PLTX", 1, flags, 0, len(body), zlib.crc32(body))
+def _record(body: bytes, flags: int = 0, version: int = 2) -> bytes:
+    """A record framed by hand: XXH3-64's low 32 bits for the body (v2), CRC-32 for v1."""
+    check = xxhash.xxh3_64_intdigest(body) & 0xFFFFFFFF if version == 2 else zlib.crc32(body)
+    head = struct.pack(">4sBBHII", b"PLTX", version, flags, 0, len(body), check)
     return head + zlib.crc32(head).to_bytes(4, "big") + body
+
+
+def test_a_record_framed_by_hand_decodes() -> None:
+    txn = Transaction(db="a.db", txid=1, page_size=512, commit_size=1, pages={1: bytes(512)},
+                      timestamp_ns=1, node_id="n", pre_checksum=0, post_checksum=5)
+    assert decode_record(_record(_body(txn)))[0] == txn
+    assert encode_record(txn) == _record(_body(txn))
+
+
+def test_a_record_of_version_1_is_unsupported_not_corrupt() -> None:
+    txn = Transaction(db="a.db", txid=1, page_size=512, commit_size=1, pages={1: bytes(512)},
+                      timestamp_ns=1, node_id="n", pre_checksum=0, post_checksum=5)
+    with pytest.raises(UnsupportedRecordError, match="record version 1") as info:
+        decode_record(_record(_body(txn), version=1))
+    assert not isinstance(info.value, CorruptRecordError)
 
 
 @pytest.mark.parametrize(

@@ -490,7 +490,7 @@ def test_corrupted_chunk_is_refused() -> None:
     record[len(record) // 2] ^= 0x01
     assembler = TxnAssembler()
     chunks = list(txn_chunks(txn.db, txn.txid, bytes(record), chunk_size=4000))
-    with pytest.raises(ProtocolError, match="CRC mismatch"):
+    with pytest.raises(ProtocolError, match="checksum mismatch"):
         for chunk in chunks:
             assembler.feed(chunk)
     record = bytearray(encode_record(txn))
