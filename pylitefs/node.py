@@ -49,6 +49,7 @@ from pylitefs.proxy import ProxyServer
 from pylitefs.scrub import Scrubber
 from pylitefs.startup import _remove_database, recover_databases, recover_replica_databases
 from replication.checksum import image_checksum
+from replication.log import LogError
 from replication.primary import PrimaryServer, SnapshotSource
 from replication.replica import ReplicaClient
 from replication.store import Store
@@ -586,7 +587,10 @@ async def run(config: Config, *, capture: bool = True) -> int:
                       retention_max_bytes=config.data.retention_max_size or None)
         was_primary = _last_role(state_dir) == "primary" if etcd else config.lease.candidate
         recover = recover_databases if was_primary else recover_replica_databases
-        await trio.to_thread.run_sync(recover, options.data_dir, store)
+        try:
+            await trio.to_thread.run_sync(recover, options.data_dir, store)
+        except LogError as exc:  # e.g. a log of another record version: left as it is
+            raise MountError(str(exc)) from None
         os.makedirs(state_dir, exist_ok=True)
         cluster = ClusterId(state_dir, config.cluster.id)
         access = Access(primary=False)

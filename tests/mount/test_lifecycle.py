@@ -8,6 +8,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,28 @@ def test_missing_fuse_device(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=30, cwd=Path(__file__).parents[2])
     assert out.returncode == 1, out
     assert out.stderr.strip().splitlines()[-1].startswith("pylitefs: /dev/fuse is missing")
+
+
+def test_a_log_of_an_earlier_record_version_is_refused_untouched(mounts: MountFactory) -> None:
+    node = mounts.start("old")
+    with sqlite3.connect(node.mountpoint / "a.db") as con:
+        con.execute("CREATE TABLE t(x)")
+    node.stop()
+    log_path = node.data_dir / ".pylitefs" / "logs" / "a.db.log"
+    old = bytearray(log_path.read_bytes())
+    old[4] = 1  # record version 1 (BLAKE2b checksums), with a valid header CRC
+    old[16:20] = zlib.crc32(bytes(old[:16])).to_bytes(4, "big")
+    log_path.write_bytes(bytes(old))
+    database = (node.data_dir / "a.db").read_bytes()
+    out = run_cli("mount", "--fuse.dir", str(node.mountpoint), "--data.dir", str(node.data_dir),
+                  "--http.addr", "127.0.0.1:0")
+    assert out.returncode == 1
+    assert out.stderr.strip() == (
+        f"pylitefs: {log_path}: record version 1 (this pylitefs reads version 2 only) (record at "
+        "offset 0): written by another version of pylitefs; not opened and nothing changed (use "
+        "that version to export its databases, or move the data dir away to start afresh)")
+    assert log_path.read_bytes() == old and (node.data_dir / "a.db").read_bytes() == database
+    assert not is_mounted(str(node.mountpoint))
 
 
 def test_config_errors_are_one_line(tmp_path: Path) -> None:
