@@ -60,6 +60,7 @@ from types import TracebackType
 from fs.formats.image import apply_pages
 from replication.txn import (
     DEFAULT_MAX_RECORD_SIZE,
+    RECORD_HEADER_SIZE,
     CorruptRecordError,
     RecordError,
     Transaction,
@@ -121,6 +122,9 @@ class TransactionLog:
         # The directory entry must be fsynced up to this epoch.
         self._dir_epoch = 0
         self._dir_synced_epoch = 0
+        # Counts `truncate_after` cuts: a compaction that saw another count
+        # copied records that are gone, and gives up.
+        self._truncations = 0
 
     # ------------------------------------------------------------ opening
 
@@ -232,13 +236,16 @@ class TransactionLog:
     def _is_torn_tail(self, view: memoryview, offset: int, size: int) -> bool:
         """True when the bad record at `offset` looks like an interrupted append.
 
-        That is: its header is good and nothing but zeros (space allocated
-        ahead, or left by a crash that extended the file) follows it.
+        That is: nothing but zeros (space allocated ahead, or left by a crash
+        that extended the file) follows the record or, when its header cannot
+        be read, follows the header's bytes: an append killed inside them (a
+        page boundary can fall there) leaves a piece of header, then the zeros.
+        A real record's body never starts with a zero byte (msgpack map or zlib data).
         """
         try:
             end = offset + record_size(view, offset, max_record_size=self._max_record_size)
         except RecordError:
-            return False
+            end = offset + RECORD_HEADER_SIZE
         return end >= size or _all_zeros(view[end:size])
 
     def _keep_cut_bytes(self, view: memoryview, offset: int) -> str:
@@ -357,6 +364,7 @@ class TransactionLog:
             if removed <= 0:
                 return 0
             cut = self._offsets[keep]
+            self._truncations += 1
             os.ftruncate(self._fd, cut)
             os.fsync(self._fd)
             self._allocated = cut
@@ -366,8 +374,9 @@ class TransactionLog:
                 last_offset = self._offsets[keep - 1]
                 buf = os.pread(self._fd, cut - last_offset, last_offset)
                 self._last, _ = decode_record(buf, max_record_size=self._max_record_size)
-            del self._offsets[keep:]
-            del self._timestamps[keep:]
+            # New arrays: readers and a compaction under way hold the old ones.
+            self._offsets = self._offsets[:keep]
+            self._timestamps = self._timestamps[:keep]
             self._size = cut
             return removed
 
@@ -509,6 +518,7 @@ class TransactionLog:
             size = self._size
             floor = keep_from() if keep_from is not None else None
             first_txid = self._first_txid
+            truncations = self._truncations
             old_fd = os.dup(self._fd)
         try:
             cut = _records_to_drop(offsets, timestamps, count, size,
@@ -517,11 +527,17 @@ class TransactionLog:
                 cut = max(0, min(cut, floor - first_txid))
             if cut == 0:
                 return 0
-            return self._rewrite(old_fd, cut, offsets[cut], size)
+            return self._rewrite(old_fd, cut, offsets[cut], size, truncations)
         finally:
             os.close(old_fd)
 
-    def _rewrite(self, old_fd: int, cut: int, base: int, copied_to: int) -> int:
+    def _rewrite(self, old_fd: int, cut: int, base: int, copied_to: int, truncations: int) -> int:
+        """Copy the records from `base` into a new file and rename it over the log.
+
+        Gives up (returns 0, nothing changed) when `truncate_after` cut the log
+        meanwhile: the bytes copied without the lock may be records that are
+        gone, with others appended in their place since.
+        """
         tmp = self.path + ".compact"
         fd = os.open(tmp, os.O_RDWR | os.O_CLOEXEC | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
@@ -530,6 +546,8 @@ class TransactionLog:
             with self._lock:
                 if self._fd < 0:
                     raise LogClosedError(f"{self.path} was closed during compaction")
+                if self._truncations != truncations:
+                    raise LogError(f"{self.path}: records were taken back during compaction")
                 size = self._size
                 if size < copied_to:  # cannot happen: failed appends cut back to >= copied_to
                     raise LogError(f"{self.path} shrank during compaction")
@@ -546,13 +564,17 @@ class TransactionLog:
                 self._synced_appends = self._appends
                 self._dir_epoch += 1
                 os.close(old)
-        except BaseException:
+        except BaseException as exc:
             if fd >= 0:
                 os.close(fd)
                 try:
                     os.unlink(tmp)
                 except OSError:
                     pass
+            if isinstance(exc, LogError) and self._truncations != truncations:
+                # Also a copy that found the file shorter: retention tries again later.
+                log.info("%s: records were taken back during compaction; it is given up", self.path)
+                return 0
             raise
         self.sync()  # the directory entry of the renamed file
         log.info("%s: retention dropped %d records; the log now starts at TXID %d",
@@ -590,8 +612,8 @@ def _copy(src: int, dst: int, start: int, end: int) -> None:
 def _all_zeros(view: memoryview) -> bool:
     """True when `view` holds nothing but zero bytes (or nothing)."""
     for offset in range(0, len(view), PREALLOCATE):
-        chunk = view[offset : offset + PREALLOCATE]
-        if chunk != _zeros(len(chunk)):
+        # bytes.startswith compares with memcmp: ~75x faster than memoryview ==.
+        if not _ZEROS.startswith(view[offset : offset + PREALLOCATE]):
             return False
     return True
 
