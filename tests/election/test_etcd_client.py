@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import socket
 import threading
@@ -12,7 +13,7 @@ from typing import TypeVar
 import grpc
 import pytest
 
-from election.etcd import EtcdClient, EtcdError, EtcdSettings, LeaseLost, PrimaryRecord
+from election.etcd import EtcdClient, EtcdError, LeaseLost, PrimaryRecord
 from pylitefs.cluster import free_port, wait_for
 from pylitefs.etcdserver import EtcdServer
 from tests.relay import Relay
@@ -21,21 +22,9 @@ T = TypeVar("T")
 
 
 @pytest.fixture
-def connect(etcd: EtcdServer) -> Iterator[Callable[..., EtcdClient]]:
-    """Makes EtcdClients (default: the fixture's etcd, TTL 1 s, 1 s deadline); closes them at teardown."""
-    clients: list[EtcdClient] = []
-
-    def make(**settings: object) -> EtcdClient:
-        settings.setdefault("endpoints", (etcd.endpoint,))
-        settings.setdefault("ttl", 1.0)
-        settings.setdefault("timeout", 1.0)
-        client = EtcdClient(EtcdSettings(**settings))  # type: ignore[arg-type]
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        client.close()
+def connect(etcd: EtcdServer, etcd_clients: Callable[..., EtcdClient]) -> Callable[..., EtcdClient]:
+    """Makes EtcdClients of the fixture's etcd (TTL 1 s, 1 s deadline); closed at teardown."""
+    return functools.partial(etcd_clients, etcd)
 
 
 def answer(call: Callable[[], T]) -> T | None:

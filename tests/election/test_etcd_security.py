@@ -6,6 +6,7 @@ are made by the `openssl` CLI in the test's tmp dir.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import subprocess
@@ -107,21 +108,9 @@ def tls_etcd(tmp_path: Path) -> Iterator[EtcdServer]:
 
 
 @pytest.fixture
-def connect() -> Iterator[Callable[..., EtcdClient]]:
-    """Makes EtcdClients (TTL 5 s, 1 s deadline); closes them at teardown."""
-    clients: list[EtcdClient] = []
-
-    def make(server: EtcdServer, **settings: object) -> EtcdClient:
-        settings.setdefault("endpoints", (server.endpoint,))
-        settings.setdefault("ttl", 5.0)
-        settings.setdefault("timeout", 1.0)
-        client = EtcdClient(EtcdSettings(**settings))  # type: ignore[arg-type]
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        client.close()
+def connect(etcd_clients: Callable[..., EtcdClient]) -> Callable[..., EtcdClient]:
+    """Makes EtcdClients of a given server (TTL 5 s, 1 s deadline); closed at teardown."""
+    return functools.partial(etcd_clients, ttl=5.0)
 
 
 def run_a_term(a: EtcdClient, b: EtcdClient) -> None:
