@@ -138,6 +138,8 @@ class TransactionLog:
         With `readonly` (tools reading a live node's log): the file must
         exist, nothing is ever written, and reading stops quietly before a
         bad or incomplete tail (the node may be appending to it right now).
+        The file is read into memory for the scan (a mapping could fault if
+        the node cut the file meanwhile).
         """
         path = os.fspath(path)
         created = False
@@ -171,6 +173,14 @@ class TransactionLog:
     def _scan(self, *, readonly: bool = False) -> None:
         size = os.fstat(self._fd).st_size
         if size == 0:
+            return
+        if readonly:
+            # Read, not mapped: the node may cut the file meanwhile (a retraction,
+            # a failed append), and a mapped page past the new end is a SIGBUS.
+            data = _pread_all(self._fd, size)
+            size = len(data)
+            good = self._scan_records(memoryview(data), size, readonly=True)
+            self._size = self._allocated = good
             return
         with mmap.mmap(self._fd, size, prot=mmap.PROT_READ) as buf:
             view = memoryview(buf)
@@ -607,6 +617,19 @@ def _copy(src: int, dst: int, start: int, end: int) -> None:
             n = os.write(dst, view)
             view = view[n:]
         offset += len(chunk)
+
+
+def _pread_all(fd: int, size: int) -> bytes:
+    """Up to `size` bytes from the start of `fd` (fewer if the file shrank meanwhile)."""
+    chunks = []
+    offset = 0
+    while offset < size:
+        chunk = os.pread(fd, min(_COPY_CHUNK, size - offset), offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
 
 
 def _all_zeros(view: memoryview) -> bool:

@@ -216,6 +216,25 @@ def test_a_log_of_another_record_version_is_refused_untouched(path: Path) -> Non
     assert [p.name for p in path.parent.iterdir()] == [path.name]
 
 
+def test_read_only_open_survives_a_file_cut_under_it(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    txns = chain(3)
+    with write_log(path, txns) as txlog:
+        size = txlog.size
+    os.truncate(path, size)
+    real_fstat = os.fstat
+
+    def larger(fd: int) -> os.stat_result:  # the size before the node cut the file
+        st = real_fstat(fd)
+        return os.stat_result((*st[:6], st.st_size + 3 * 4096, *st[7:10]))
+
+    monkeypatch.setattr(os, "fstat", larger)
+    # A mapping of the old size is refused, or faults (SIGBUS) if the cut comes while it is mapped.
+    with TransactionLog.open(path, readonly=True) as txlog:
+        assert list(txlog) == txns and txlog.size == size
+
+
 def test_garbage_file(path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path.write_bytes(b"this is not a transaction log\n" * 100)
     with caplog.at_level(logging.WARNING), TransactionLog.open(path) as txlog:
