@@ -109,7 +109,7 @@ def test_bad_input_on_the_stream_port_is_refused_and_logged(cluster: Cluster) ->
              "the other cluster to be refused")
     log_text = primary.log_text()
     assert "bad HTTP request" in log_text
-    assert "protocol version 99 is not supported" in log_text
+    assert f"protocol version {PROTOCOL_VERSION + 98} is not supported" in log_text
     assert "frame of 2147483648 bytes announced, more than the limit" in log_text
     assert "frame of 100000 bytes announced" in log_text
     assert "connection closed in the middle of a frame" in log_text
