@@ -43,7 +43,7 @@ from typing import Any, Protocol, TypeVar
 
 import trio
 
-from election.etcd import EtcdClient, EtcdError, EtcdSettings, LeaseLost, PrimaryRecord
+from election.etcd import EtcdAuthError, EtcdClient, EtcdError, EtcdSettings, LeaseLost, PrimaryRecord
 
 log = logging.getLogger(__name__)
 
@@ -227,11 +227,17 @@ class EtcdElector:
             cancel_watch()
 
     async def _join(self) -> None:
-        """Check the cluster id and register this node (retrying while etcd is unreachable)."""
+        """Check the cluster id and register this node (retrying while etcd is unreachable).
+
+        EtcdAuthError (wrong or missing credentials, no permission) is raised:
+        retrying cannot help until the settings change.
+        """
         while True:
             try:
                 cluster_id = await self._call(self.client.cluster_id, self._cluster_id())
                 break
+            except EtcdAuthError:
+                raise
             except EtcdError as exc:
                 log.warning("cannot reach etcd to join the cluster, retrying: %s", exc)
                 await trio.sleep(1.0)

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import trio
 
 from election.elector import ClusterMismatch, Elector, EtcdElector, HandoffError, StaticElector
-from election.etcd import EtcdSettings
+from election.etcd import EtcdAuthError, EtcdSettings
 from fs.access import Access
 from fs.apply import Applier
 from fs.capture import CaptureError
@@ -665,7 +665,7 @@ async def _run_elector(elector: Elector, *,
                        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     try:
         await elector.run(task_status=task_status)
-    except ClusterMismatch as exc:
+    except (ClusterMismatch, EtcdAuthError) as exc:  # at join: the node cannot be part of the cluster
         raise MountError(str(exc)) from None
 
 
