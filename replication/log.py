@@ -20,12 +20,13 @@ record is cut off (the file is truncated there):
 
 Space is allocated ahead: when a small record does not fit, `append` first
 writes zeros past it (as many bytes as the log holds, 64 KiB to
-`PREALLOCATE`), then writes the record over them. So most appends overwrite blocks the file already has, and the
-`sync` after them flushes data only (fdatasync): an append that grows a
-file makes its fsync wait for a file-system journal commit as well, about
-twice as long on the build machine (~210 µs against ~125 µs per 4 KiB
-record). A zero tail after the last record is that free space: opening
-keeps it, quietly; only a damaged record before it is a torn tail.
+`PREALLOCATE`), then writes the record over them. So most appends overwrite
+blocks the file already has, and the `sync` after them flushes data only
+(fdatasync): an append that grows a file makes its fsync wait for a
+file-system journal commit as well, about twice as long on the build machine
+(~210 µs against ~125 µs per 4 KiB record). A zero tail after the last record
+is that free space: opening keeps it, quietly; only a damaged record before
+it is a torn tail. A read-only open reads the file instead of mapping it.
 
 Durability: `append` writes the record with one pwrite() (no fsync); `sync`
 fdatasyncs the file, and fsyncs the directory when the file was created or
@@ -38,7 +39,7 @@ for TXIDs older than `first_txid` cannot be served from the log
 
 Threads: `append` must be called by one thread at a time (the committing
 thread); every other method is safe from any thread, also concurrently with
-`append`. `sync` fsyncs a duplicate descriptor, outside the lock, so it never
+`append`. `sync` fdatasyncs a duplicate descriptor, outside the lock, so it never
 blocks appends. `compact` copies the bulk of the log without the lock and
 holds it only to copy the records appended meanwhile, fsync and rename: an
 append waits for that one fsync. Readers keep reading the file they started
