@@ -508,13 +508,14 @@ class _Session:
         self._nursery.start_soon(later)
 
 
-def _pages(image: bytes, page_size: int) -> Iterator[tuple[int, bytes]]:
+def _pages(image: bytes, page_size: int) -> Iterator[tuple[int, memoryview]]:
+    """(pgno, page) of every page of `image` but the lock page: views of `image`, not copies."""
     lock = lock_page(page_size)
     view = memoryview(image)
     for index in range(len(image) // page_size):
         pgno = index + 1
         if pgno != lock:
-            yield pgno, bytes(view[index * page_size : (index + 1) * page_size])
+            yield pgno, view[index * page_size : (index + 1) * page_size]
 
 
 def _reason(exc: BaseException) -> str:

@@ -113,6 +113,7 @@ __all__ = [
     "TxnChunk",
     "Welcome",
     "check_proof",
+    "encode_frame",
     "encode_message",
     "new_nonce",
     "proof",
@@ -229,7 +230,7 @@ class SnapshotPages:
 
     db: str
     pgnos: list[int]
-    pages: list[bytes]
+    pages: list[bytes] | list[memoryview]  # bytes when received; views of the image when sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -472,6 +473,12 @@ def encode_message(msg: Message, *, max_frame_size: int = MAX_FRAME_SIZE) -> byt
     a body over `max_frame_size` (a frame the peer would refuse). The fields
     are not checked: the receiver does that.
     """
+    prefix, body = encode_frame(msg, max_frame_size=max_frame_size)
+    return prefix + body
+
+
+def encode_frame(msg: Message, *, max_frame_size: int = MAX_FRAME_SIZE) -> tuple[bytes, bytes]:
+    """`encode_message(msg)` in two parts, (length prefix, body): a writer may send them unjoined."""
     spec = _BY_CLASS.get(type(msg))
     if spec is None:
         raise TypeError(f"not a stream message: {msg!r:.80}")
@@ -483,7 +490,7 @@ def encode_message(msg: Message, *, max_frame_size: int = MAX_FRAME_SIZE) -> byt
         raise ValueError(
             f"{spec.tag!r} message of {len(packed)} bytes exceeds the frame limit of {max_frame_size}"
         )
-    return _LENGTH.pack(len(packed)) + packed
+    return _LENGTH.pack(len(packed)), packed
 
 
 def _unpack(body: memoryview) -> Any:
@@ -555,16 +562,44 @@ class FrameDecoder:
         if not 0 < max_frame_size <= _MAX_U32:
             raise ValueError(f"max_frame_size must be in 1..{_MAX_U32}, got {max_frame_size}")
         self.max_frame_size = max_frame_size
-        self._buffer = bytearray()
+        # Bytes from `_start` on in `_buffer`, then the pieces fed since, joined
+        # (one copy) only when a frame needs them: a buffer grown piece by
+        # piece would be copied again at each growth, a large frame many times.
+        self._buffer = b""
+        self._start = 0
+        self._pieces: list[bytes] = []
+        self._pieces_size = 0
 
     @property
     def buffered(self) -> int:
         """Bytes received and not yet returned as messages."""
-        return len(self._buffer)
+        return len(self._buffer) - self._start + self._pieces_size
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Append received bytes (never raises for their content: `next_message` does)."""
-        self._buffer += data
+        if not data:
+            return
+        data = data if type(data) is bytes else bytes(data)
+        if self._start == len(self._buffer) and not self._pieces:
+            self._buffer, self._start = data, 0
+        else:
+            self._pieces.append(data)
+            self._pieces_size += len(data)
+
+    def _have(self, size: int) -> bool:
+        """True when `size` bytes from `_start` are in `_buffer` (joining the fed pieces if needed)."""
+        held = len(self._buffer) - self._start
+        if held >= size:
+            return True
+        if held + self._pieces_size < size:
+            return False
+        rest = memoryview(self._buffer)[self._start:]
+        self._buffer = b"".join([rest, *self._pieces])
+        rest.release()
+        self._start = 0
+        self._pieces = []
+        self._pieces_size = 0
+        return True
 
     def next_message(self) -> Message | None:
         """The next complete message, or None when more bytes are needed.
@@ -572,30 +607,34 @@ class FrameDecoder:
         Raises FrameTooLarge as soon as a length prefix exceeds the limit, and
         ProtocolError for an empty frame or a body that is not a valid message.
         """
-        buffer = self._buffer
-        if len(buffer) < _HEADER_SIZE:
+        if not self._have(_HEADER_SIZE):
             return None
-        (size,) = _LENGTH.unpack_from(buffer)
+        (size,) = _LENGTH.unpack_from(self._buffer, self._start)
         if size > self.max_frame_size:
             raise FrameTooLarge(
                 f"frame of {size} bytes announced, more than the limit of {self.max_frame_size}"
             )
         if size == 0:
             raise ProtocolError("empty frame (length 0)")
-        end = _HEADER_SIZE + size
-        if len(buffer) < end:
+        if not self._have(_HEADER_SIZE + size):
             return None
-        with memoryview(buffer) as view, view[_HEADER_SIZE:end] as body:
+        start = self._start + _HEADER_SIZE
+        end = start + size
+        with memoryview(self._buffer) as view, view[start:end] as body:
             obj = _unpack(body)
-        del buffer[:end]  # O(1) in CPython: a bytearray drops its prefix by moving its start
+        if end == len(self._buffer):
+            self._buffer, self._start = b"", 0
+        else:
+            self._start = end
         return _decode(obj)
 
     def close(self) -> None:
         """The peer closed the connection: raises ProtocolError if it stopped inside a frame."""
-        if self._buffer:
-            have = len(self._buffer)
+        have = self.buffered
+        if have:
+            self._have(min(have, _HEADER_SIZE))
             if have >= _HEADER_SIZE:
-                (size,) = _LENGTH.unpack_from(self._buffer)
+                (size,) = _LENGTH.unpack_from(self._buffer, self._start)
                 detail = f"{have - _HEADER_SIZE} of {size} body bytes received"
             else:
                 detail = f"{have} of {_HEADER_SIZE} length bytes received"
@@ -722,7 +761,7 @@ def snapshot_messages(
     page_size: int,
     commit_size: int,
     checksum: int,
-    pages: Iterable[tuple[int, bytes]],
+    pages: Iterable[tuple[int, bytes]] | Iterable[tuple[int, memoryview]],
     batch_bytes: int = CHUNK_SIZE,
 ) -> Iterator[Message]:
     """SnapshotBegin, SnapshotPages..., SnapshotEnd for a copy of `db` as of `txid`.
