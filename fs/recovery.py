@@ -47,27 +47,31 @@ def databases(dir_fd: int) -> Iterator[str]:
 
 
 def read_file(dir_fd: int, name: str) -> bytes | None:
-    """The whole content of `name` in the data dir, or None if it does not exist.
-
-    Loops over pread: one call returns at most ~2 GiB on Linux.
-    """
+    """The whole content of `name` in the data dir, or None if it does not exist."""
     try:
         fd = os.open(name, os.O_RDONLY, dir_fd=dir_fd)
     except FileNotFoundError:
         return None
     try:
-        size = os.fstat(fd).st_size
-        chunks = []
-        offset = 0
-        while offset < size:
-            chunk = os.pread(fd, min(size - offset, 1 << 30), offset)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            offset += len(chunk)
-        return b"".join(chunks)
+        return read_fd(fd, os.fstat(fd).st_size)
     finally:
         os.close(fd)
+
+
+def read_fd(fd: int, size: int) -> bytes:
+    """Up to `size` bytes from the start of `fd`: fewer if the file is shorter (it shrank meanwhile).
+
+    Loops over pread: one call returns at most ~2 GiB on Linux.
+    """
+    chunks = []
+    offset = 0
+    while offset < size:
+        chunk = os.pread(fd, min(size - offset, 1 << 30), offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
 
 
 def hot_journal(dir_fd: int, db: str) -> Journal | None:
@@ -130,21 +134,25 @@ def committed_content(dir_fd: int, db: str, *, undo_hot_journal: bool = False) -
     or a live writer's that cannot have written the database yet (a no-op).
     """
     database_file = read_file(dir_fd, db) or b""
+    journal = hot_journal(dir_fd, db) if undo_hot_journal else None
+    wal = read_file(dir_fd, f"{db}-wal")
+    if journal is None and not wal:
+        # Nothing to undo or redo: the file as it is, not copied twice (a
+        # snapshot of a large database waits for this).
+        page_size = parse_db_header(database_file).page_size if len(database_file) >= 100 else 0
+        return RecoveredDatabase(db, page_size, database_file, database_file, ())
     image = bytearray(database_file)
-    if undo_hot_journal:
-        journal = hot_journal(dir_fd, db)
-        if journal is not None:
-            page_size = journal.page_size
-            pages = journal.original_pages()
-            end = max([journal.initial_page_count, *pages]) * page_size
-            if len(image) < end:
-                image.extend(bytes(end - len(image)))
-            for pgno, page in pages.items():
-                image[(pgno - 1) * page_size : pgno * page_size] = page
-            del image[journal.initial_page_count * page_size :]
+    if journal is not None:
+        page_size = journal.page_size
+        pages = journal.original_pages()
+        end = max([journal.initial_page_count, *pages]) * page_size
+        if len(image) < end:
+            image.extend(bytes(end - len(image)))
+        for pgno, page in pages.items():
+            image[(pgno - 1) * page_size : pgno * page_size] = page
+        del image[journal.initial_page_count * page_size :]
     page_size = parse_db_header(image).page_size if len(image) >= 100 else 0
     commits: tuple[WalCommit, ...] = ()
-    wal = read_file(dir_fd, f"{db}-wal")
     if wal:
         _, found = WalTracker.from_wal(wal)
         commits = tuple(found)

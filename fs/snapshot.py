@@ -19,7 +19,7 @@ from fs.access import Access
 from fs.formats.dbheader import JOURNAL_MODE_WAL
 from fs.locks import DEFAULT_LOCK_TIMEOUT, EXCLUSIVE, SHM_WRITE, LockTimeout, held, rollback_reader
 from fs.names import Kind, classify
-from fs.recovery import committed_content, hot_journal, read_file
+from fs.recovery import committed_content
 
 __all__ = ["read_consistent"]
 
@@ -60,29 +60,13 @@ def read_consistent(
                         locks.enter_context(held(shm_fd, EXCLUSIVE, SHM_WRITE, 1, deadline, "WRITE"))
                     # The journal mode cannot change while SHARED is held (that needs EXCLUSIVE).
                     if shm_fd is not None or not _is_wal(dir_fd, db):
-                        return _committed_image(dir_fd, db), position()
+                        image = committed_content(dir_fd, db, undo_hot_journal=True).image
+                        return image, position()
             raise LockTimeout(f"{db}: its journal mode keeps changing")
         finally:
             for fd in (shm_fd, db_fd, dir_fd):
                 if fd is not None:
                     os.close(fd)
-
-
-def _committed_image(dir_fd: int, db: str) -> bytes:
-    """`committed_content(dir_fd, db, undo_hot_journal=True).image`, under the caller's locks.
-
-    With nothing to undo or redo (no hot journal, an empty or absent WAL,
-    which only a WRITE lock holder could grow) that is the file as it is:
-    read once, not copied twice more (a snapshot of a large database waits
-    for this read).
-    """
-    try:
-        wal_size = os.stat(f"{db}-wal", dir_fd=dir_fd, follow_symlinks=False).st_size
-    except FileNotFoundError:
-        wal_size = 0
-    if wal_size == 0 and hot_journal(dir_fd, db) is None:
-        return read_file(dir_fd, db) or b""
-    return committed_content(dir_fd, db, undo_hot_journal=True).image
 
 
 def _is_wal(dir_fd: int, db: str) -> bool:
