@@ -59,6 +59,7 @@ from collections.abc import Callable, Iterator
 from types import TracebackType
 
 from fs.formats.image import apply_pages
+from fs.recovery import read_fd
 from replication.txn import (
     DEFAULT_MAX_RECORD_SIZE,
     RECORD_HEADER_SIZE,
@@ -178,26 +179,25 @@ class TransactionLog:
         if readonly:
             # Read, not mapped: the node may cut the file meanwhile (a retraction,
             # a failed append), and a mapped page past the new end is a SIGBUS.
-            data = _pread_all(self._fd, size)
-            size = len(data)
-            good = self._scan_records(memoryview(data), size, readonly=True)
+            data = read_fd(self._fd, size)
+            good, _free = self._scan_records(memoryview(data), len(data), readonly=True)
             self._size = self._allocated = good
             return
         with mmap.mmap(self._fd, size, prot=mmap.PROT_READ) as buf:
             view = memoryview(buf)
             try:
-                good = self._scan_records(view, size, readonly=readonly)
-                free = good < size and _all_zeros(view[good:size])
+                good, free = self._scan_records(view, size)
             finally:
                 view.release()
-        if good < size and not free and not readonly:
+        if good < size and not free:
             os.ftruncate(self._fd, good)
             os.fsync(self._fd)
         self._size = good
         self._allocated = size if free else good
 
-    def _scan_records(self, view: memoryview, size: int, *, readonly: bool = False) -> int:
-        """Index the valid records of `view`; return where the good part ends."""
+    def _scan_records(self, view: memoryview, size: int, *, readonly: bool = False) -> tuple[int, bool]:
+        """Index the valid records of `view`; return where the good part ends, and whether
+        only zeros (space allocated ahead) follow it there."""
         offset = 0
         prev: Transaction | None = None
         foreign = ""
@@ -212,7 +212,7 @@ class TransactionLog:
                 foreign = str(exc)  # raised below, once no frame of the decoder holds the mmap
             except RecordError as exc:
                 if _all_zeros(view[offset:size]):  # the space allocated ahead: no record here
-                    return offset
+                    return offset, True
                 if readonly:  # the node may be appending right now: stop quietly
                     log.debug("%s: read-only scan stops at offset %d: %s", self.path, offset, str(exc))
                 elif isinstance(exc, TruncatedRecordError):
@@ -228,7 +228,7 @@ class TransactionLog:
                         "it (%d bytes, TXIDs after %s are lost from the log; cut bytes kept in %s)",
                         self.path, offset, str(exc), size - offset,
                         prev.txid if prev is not None else "none", kept)
-                return offset
+                return offset, False
             if foreign:
                 # Not damage: another pylitefs wrote it. Cutting would throw the history away.
                 raise LogError(
@@ -242,7 +242,7 @@ class TransactionLog:
             self._timestamps.append(txn.timestamp_ns)
             self._last = prev = txn
             offset = end
-        return offset
+        return offset, False
 
     def _is_torn_tail(self, view: memoryview, offset: int, size: int) -> bool:
         """True when the bad record at `offset` looks like an interrupted append.
@@ -618,19 +618,6 @@ def _copy(src: int, dst: int, start: int, end: int) -> None:
             n = os.write(dst, view)
             view = view[n:]
         offset += len(chunk)
-
-
-def _pread_all(fd: int, size: int) -> bytes:
-    """Up to `size` bytes from the start of `fd` (fewer if the file shrank meanwhile)."""
-    chunks = []
-    offset = 0
-    while offset < size:
-        chunk = os.pread(fd, min(_COPY_CHUNK, size - offset), offset)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        offset += len(chunk)
-    return b"".join(chunks)
 
 
 def _all_zeros(view: memoryview) -> bool:
