@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -125,3 +126,11 @@ def integrity(db: Path) -> str:
         return conn.execute("PRAGMA integrity_check").fetchone()[0]
     finally:
         conn.close()
+
+
+def with_record_version(records: bytes | bytearray, version: int) -> bytes:
+    """`records` whose first log record says record version `version`, its header CRC still valid."""
+    out = bytearray(records)
+    out[4] = version
+    out[16:20] = zlib.crc32(bytes(out[:16])).to_bytes(4, "big")
+    return bytes(out)

@@ -8,13 +8,12 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import pytest
 
 from pylitefs.process import MountProcess, is_mounted
-from tests.conftest import MountFactory, integrity
+from tests.conftest import MountFactory, integrity, with_record_version
 from tests.sqlite_workload import last_acknowledged
 
 pytestmark = pytest.mark.fuse
@@ -77,10 +76,8 @@ def test_a_log_of_an_earlier_record_version_is_refused_untouched(mounts: MountFa
         con.execute("CREATE TABLE t(x)")
     node.stop()
     log_path = node.data_dir / ".pylitefs" / "logs" / "a.db.log"
-    old = bytearray(log_path.read_bytes())
-    old[4] = 1  # record version 1 (BLAKE2b checksums), with a valid header CRC
-    old[16:20] = zlib.crc32(bytes(old[:16])).to_bytes(4, "big")
-    log_path.write_bytes(bytes(old))
+    old = with_record_version(log_path.read_bytes(), 1)  # record version 1: BLAKE2b checksums
+    log_path.write_bytes(old)
     database = (node.data_dir / "a.db").read_bytes()
     out = run_cli("mount", "--fuse.dir", str(node.mountpoint), "--data.dir", str(node.data_dir),
                   "--http.addr", "127.0.0.1:0")

@@ -7,7 +7,6 @@ import errno
 import logging
 import os
 import threading
-import zlib
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from hypothesis import strategies as st
 
 from replication.log import LogClosedError, LogError, TransactionLog, TxidUnavailableError
 from replication.txn import RECORD_HEADER_SIZE, Transaction, encode_record
+from tests.conftest import with_record_version
 
 PAGE = 512
 SECOND = 1_000_000_000
@@ -205,10 +205,9 @@ def test_broken_chain_is_corruption(path: Path, caplog: pytest.LogCaptureFixture
 
 
 def test_a_log_of_another_record_version_is_refused_untouched(path: Path) -> None:
-    records = bytearray(b"".join(encode_record(t) for t in chain(3)))
-    records[4] = 1  # the version byte of the first record: version 1, as written before XXH3
-    records[16:20] = zlib.crc32(bytes(records[:16])).to_bytes(4, "big")  # a valid header
-    path.write_bytes(bytes(records))
+    # Version 1, as written before XXH3, with a valid header.
+    records = with_record_version(b"".join(encode_record(t) for t in chain(3)), 1)
+    path.write_bytes(records)
     for readonly in (False, True):
         with pytest.raises(LogError, match="record version 1.*another version of pylitefs"):
             TransactionLog.open(path, readonly=readonly)

@@ -14,7 +14,6 @@ import errno
 import logging
 import os
 import random
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import pytest
 from replication import log as log_module
 from replication.log import PREALLOCATE, LogError, TransactionLog
 from replication.txn import RECORD_HEADER_SIZE, Transaction, encode_record
+from tests.conftest import with_record_version
 from tests.unit.test_log import PAGE, SECOND, assert_holds, chain, write_log
 
 _BLOCK = 4096
@@ -276,9 +276,7 @@ def test_a_foreign_record_after_good_ones_is_refused_untouched(path: Path) -> No
     with write_log(path, txns[:3]) as txlog:
         size = txlog.size
         txlog.sync()
-    foreign = bytearray(encode_record(txns[3]))
-    foreign[4] = 3  # a later record version, with a valid header
-    foreign[16:20] = zlib.crc32(bytes(foreign[:16])).to_bytes(4, "big")
+    foreign = with_record_version(encode_record(txns[3]), 3)  # a later record version
     with path.open("r+b") as f:
         f.seek(size)
         f.write(foreign)
