@@ -30,9 +30,15 @@ or `OFF`) is refused with EIO before anything reaches the file: such a
 transaction has no commit point on disk and cannot be replicated.
 
 Durability follows SQLite's own `synchronous` promise: `sync(db)` is requested
-whenever SQLite fsyncs one of the database's files, and `sync_pending()` when
+whenever SQLite fsyncs the database or its journal, and `sync_pending()` when
 it fsyncs the directory (`DELETE` mode with `synchronous=EXTRA`), in both
-cases before the data itself is flushed.
+cases before the data itself is flushed. An fsync of the WAL needs no log
+fsync: a WAL commit is durable in the WAL itself, and recovery logs the
+committed WAL frames the log lost (pylitefs.startup). The log of such commits
+is fsynced instead before anything can destroy those frames or move their
+pages into the database: the mount asks `log_sync_due(db)` before a write
+or truncate of the database in WAL mode (a checkpoint), before the WAL is
+restarted (its header rewritten), truncated or deleted.
 """
 
 from __future__ import annotations
@@ -122,6 +128,9 @@ class _Database:
     # a frame are refused until one does (the kernel splits a write at page
     # boundaries, and SQLite retries the rest of a short write).
     wal_refuse: int = 0
+    # WAL commits were logged since the log was last fsynced: their only
+    # durable copy may be the WAL (see `Capture.log_sync_due`).
+    wal_unsynced: bool = False
 
 
 class Capture:
@@ -132,7 +141,7 @@ class Capture:
         self._dir_fd = dir_fd
         self._gate = gate
         self._dbs: dict[str, _Database] = {}
-        self._unsynced: set[str] = set()
+        self._unsynced: set[str] = set()  # databases with rollback-journal commits logged since their last sync
         #: Set when a journal call logged a transaction the gate holds: the
         #: caller must `await confirm()` before performing the operation.
         self.held: _Held | None = None
@@ -249,6 +258,7 @@ class Capture:
             log.debug("%s: the journal was finalised after a rollback: nothing committed", db)
             return
         self._hand_over(db, page_size, size, pages)
+        self._unsynced.add(db)
 
     def _is_rollback(self, db: str, size: int, pages: Mapping[int, bytes]) -> bool:
         """True when every written page is back to its journaled original (a ROLLBACK).
@@ -285,6 +295,7 @@ class Capture:
         for commit in state.wal.write(off, data[:written]):
             try:
                 self._hand_over(db, commit.page_size, commit.commit_size, commit.pages)
+                state.wal_unsynced = True
             except CaptureError:
                 # SQLite is about to hear that this commit failed: make the
                 # WAL agree (an invalid commit frame ends the valid chain
@@ -331,6 +342,7 @@ class Capture:
             self.held = None  # confirmed right here, not by the caller
             assert held is not None
             await self._gate.confirm(db, held.txid, held.checksum)
+            state.wal_unsynced = True
             written = write()
         except BaseException:
             self.held = None
@@ -412,12 +424,28 @@ class Capture:
     # ------------------------------------------------------- durability
 
     def sync(self, db: str) -> None:
-        """SQLite fsynced a file of `db`: make its log as durable. Thread-safe."""
+        """Make `db`'s log durable (SQLite fsynced its database or journal, or `log_sync_due`). Thread-safe."""
         self._unsynced.discard(db)
+        state = self._dbs.get(db)
+        if state is not None:
+            state.wal_unsynced = False  # before the fsync: a commit logged meanwhile sets it again
         self._sink.sync(db)
 
+    def log_sync_due(self, db: str) -> bool:
+        """Whether `db`'s log must be fsynced (`sync`) before its WAL frames may be checkpointed or lost.
+
+        True when WAL commits were logged since the last fsync of the log:
+        until then their only durable copy may be the WAL (SQLite fsyncs it
+        at each commit with `synchronous=FULL`, and the log is not fsynced
+        then). The mount asks before writing or truncating the database in
+        WAL mode, and before restarting (rewriting the header), truncating or
+        deleting the WAL.
+        """
+        state = self._dbs.get(db)
+        return state is not None and state.wal_unsynced
+
     def sync_pending(self) -> None:
-        """SQLite fsynced the directory: make every log with unsynced commits durable."""
+        """SQLite fsynced the directory: make every log with unsynced rollback-journal commits durable."""
         for db in list(self._unsynced):
             self.sync(db)
 
@@ -434,7 +462,6 @@ class Capture:
         except Exception:
             log.exception("cannot record a transaction of %s; failing the application's commit", db)
             raise CaptureError(f"{db}: cannot record the transaction") from None
-        self._unsynced.add(db)
         if not holds:
             return None
         position = self._sink.position(db)

@@ -47,6 +47,7 @@ import trio
 from fs.access import Access, ClusterStatus, Op, replica_refusal
 from fs.capture import Capture, CommitGate, CommitSink
 from fs.errors import FsError, InvalidContent, NotFound, NotPermitted, Unsupported
+from fs.formats.wal import WAL_HEADER_SIZE
 from fs.inodes import ROOT_INODE, Inode, InodeTable
 from fs.names import FileName, Kind, classify, is_valid
 
@@ -415,6 +416,8 @@ class Operations(pyfuse3.Operations):
         if capture is None or db is None:
             os.ftruncate(fd, size)
             return
+        if node.kind is Kind.DATABASE or node.kind is Kind.WAL:
+            await _sync_log_if_due(capture, db)
         if node.kind is Kind.JOURNAL:
             capture.journal_truncate(db, size)
             if capture.held is not None:
@@ -452,6 +455,8 @@ class Operations(pyfuse3.Operations):
         if fname.kind is Kind.POSITION:
             raise NotPermitted("position files cannot be deleted")
         capture = self._write_access(Op.REMOVE, fname.kind, self._privileged(ctx))
+        if capture is not None and fname.kind is Kind.WAL:
+            await _sync_log_if_due(capture, fname.database)
         if capture is not None and fname.kind is Kind.JOURNAL:
             capture.journal_unlink(fname.database)
             if capture.held is not None:
@@ -566,6 +571,8 @@ class Operations(pyfuse3.Operations):
         if capture is None or inode.name is None:
             return os.pwrite(fh, buf, off)
         db = inode.name.database
+        if kind is Kind.DATABASE or (kind is Kind.WAL and off < WAL_HEADER_SIZE):
+            await _sync_log_if_due(capture, db)
         if kind is Kind.WAL:
             if self._gate is not None and self._gate.holds(db):
                 return await capture.wal_write_held(db, off, buf, lambda: os.pwrite(fh, buf, off))
@@ -600,7 +607,8 @@ class Operations(pyfuse3.Operations):
         def flush() -> None:
             # The log first: a crash in between leaves the log ahead of the
             # database, which recovery resolves exactly (never the reverse).
-            if capture is not None and db is not None:
+            # Not for the WAL: its commits are durable in it (see fs.capture).
+            if capture is not None and db is not None and inode.kind is not Kind.WAL:
                 capture.sync(db)
             (os.fdatasync if datasync else os.fsync)(fh)
 
@@ -658,6 +666,12 @@ class Operations(pyfuse3.Operations):
     # life of the mount. The mount holds no buffers to flush, and without this
     # the kernel asks for `security.capability` on most writes (measured: ~40%
     # of the requests of small WAL transactions).
+
+
+async def _sync_log_if_due(capture: Capture, db: str) -> None:
+    """fsync `db`'s log (in a thread) if WAL commits only the WAL holds durably are about to be checkpointed or lost."""
+    if capture.log_sync_due(db):
+        await trio.to_thread.run_sync(capture.sync, db)
 
 
 def _check_database_header(off: int, buf: bytes) -> None:

@@ -96,6 +96,8 @@ def metrics_text(node: Node) -> str:
                 [({"db": db}, n) for db, n in sorted(m.logged.items())])
     out.counter("logged_bytes_total", "page bytes logged per database since the start",
                 [({"db": db}, n) for db, n in sorted(m.logged_bytes.items())])
+    out.counter("log_fsyncs_total", "fdatasyncs of each database's log since it was opened",
+                [({"db": db}, n) for db, n in sorted(node.store.fsyncs().items())])
     out.counter("transactions_applied_total", "transactions applied to the mount per database (replica)",
                 [({"db": db}, n) for db, n in sorted(m.applied.items())])
     out.gauge("replication_lag_seconds", "seconds since this node last had everything the primary had",

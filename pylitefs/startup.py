@@ -17,7 +17,7 @@ import os
 from fs.formats import FormatError
 from fs.formats.image import apply_pages
 from fs.recovery import RecoveredDatabase, databases, read_file, recover
-from replication.checksum import database_checksum
+from replication.checksum import ChecksumError, PageHashes, database_checksum
 from replication.store import ChecksumMismatchError, Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -61,12 +61,9 @@ def _recover_one(store: Store, rec: RecoveredDatabase) -> None:
         return
     except ChecksumMismatchError as exc:
         mismatch = exc
-    for logged_commits in range(len(rec.wal_commits) - 1, -1, -1):
-        image = _image_after(rec, logged_commits)
-        try:
-            store.load(rec.name, image, cut=False)
-        except ChecksumMismatchError:
-            continue
+    logged_commits = _logged_wal_commits(rec, mismatch.logged)
+    if logged_commits is not None:
+        store.load(rec.name, _image_after(rec, logged_commits), cut=False)
         missing = rec.wal_commits[logged_commits:]
         for commit in missing:
             store.commit(rec.name, commit.page_size, commit.commit_size, commit.pages)
@@ -82,6 +79,29 @@ def _recover_one(store: Store, rec: RecoveredDatabase) -> None:
               "on disk %016x); logging a full snapshot so that replicas resynchronise",
               rec.name, mismatch.logged, mismatch.txid, mismatch.actual)
     store.load(rec.name, rec.image, reset=True)
+
+
+def _logged_wal_commits(rec: RecoveredDatabase, logged_checksum: int) -> int | None:
+    """How many of `rec`'s committed WAL transactions the log has: None if no prefix matches.
+
+    The largest k below their number such that the database file with the
+    first k applied has the checksum `logged_checksum` (the log's last). One
+    pass, updating the page hashes commit by commit: a power loss can leave
+    the log behind by every commit since the last checkpoint (fs.capture).
+    """
+    try:
+        hashes = PageHashes.from_image(rec.database_file, rec.page_size) if rec.database_file else None
+    except ChecksumError:
+        return None
+    found = 0 if (hashes.checksum if hashes is not None else 0) == logged_checksum else None
+    for k, commit in enumerate(rec.wal_commits[:-1], start=1):
+        if hashes is None:
+            hashes = PageHashes(commit.page_size)
+        elif hashes.page_size != commit.page_size:
+            break  # cannot happen in WAL mode: nothing later can match either
+        if hashes.apply(commit.pages, commit.commit_size) == logged_checksum:
+            found = k
+    return found
 
 
 def _image_after(rec: RecoveredDatabase, commits: int) -> bytes:

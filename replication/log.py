@@ -121,6 +121,8 @@ class TransactionLog:
         # Appends counted, and how many of them an fsync covered.
         self._appends = 0
         self._synced_appends = 0
+        #: fdatasyncs `sync` made (each covers every record appended before it).
+        self.fsyncs = 0
         # The directory entry must be fsynced up to this epoch.
         self._dir_epoch = 0
         self._dir_synced_epoch = 0
@@ -442,6 +444,7 @@ class TransactionLog:
             _fsync_dir(os.path.dirname(self.path) or ".")
         with self._lock:
             self._synced_appends = max(self._synced_appends, appends)
+            self.fsyncs += need_file
             self._dir_synced_epoch = max(self._dir_synced_epoch, dir_epoch)
 
     def close(self) -> None:

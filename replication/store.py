@@ -329,6 +329,10 @@ class Store:
                 out[db] = pos
         return out
 
+    def fsyncs(self) -> dict[str, int]:
+        """fdatasyncs of each open log since it was opened (any thread)."""
+        return {db: state.log.fsyncs for db, state in list(self._dbs.items())}
+
     def drop(self, db: str) -> None:
         """Log that `db` was deleted (a dropped transaction); a no-op if it has no content."""
         state = self._dbs.get(db) or self._open(db)

@@ -1,7 +1,7 @@
 """SQLite worker processes for the multi-process tests (run as a script).
 
     python sqlite_workload.py setup  DB MODE [--seq]
-    python sqlite_workload.py writer DB MODE --txns N --seed S [--mmap]
+    python sqlite_workload.py writer DB MODE --txns N --seed S [--mmap] [--synchronous FULL] [--no-checkpoint]
     python sqlite_workload.py reader DB MODE --stop-file F [--mmap] [--announce]
     python sqlite_workload.py appender DB MODE --seed W
 
@@ -49,14 +49,23 @@ EXCLUSIVE_BACKOFF_S = 0.004
 MODES = ("delete", "truncate", "persist", "wal", "wal-exclusive")
 
 
-def connect(db: str, mode: str, mmap: bool) -> sqlite3.Connection:
-    """A connection in autocommit mode with this mode's per-connection pragmas."""
+def connect(db: str, mode: str, mmap: bool, synchronous: str | None = None,
+            checkpoints: bool = True) -> sqlite3.Connection:
+    """A connection in autocommit mode with this mode's per-connection pragmas.
+
+    `synchronous` overrides the mode's default (FULL for delete/persist, else
+    NORMAL); without `checkpoints` the connection never checkpoints a WAL.
+    """
     timeout = EXCLUSIVE_BUSY_TIMEOUT_S if mode == "wal-exclusive" else BUSY_TIMEOUT_S
     conn = sqlite3.connect(db, timeout=timeout, isolation_level=None)
     try:
         if mode == "wal-exclusive":
             conn.execute("PRAGMA locking_mode=EXCLUSIVE")
-        conn.execute("PRAGMA synchronous=" + ("FULL" if mode in ("delete", "persist") else "NORMAL"))
+        if synchronous is None:
+            synchronous = "FULL" if mode in ("delete", "persist") else "NORMAL"
+        conn.execute(f"PRAGMA synchronous={synchronous}")
+        if not checkpoints:
+            conn.execute("PRAGMA wal_autocheckpoint=0")
         if mmap:
             conn.execute("PRAGMA mmap_size=268435456")
     except BaseException:
@@ -125,8 +134,9 @@ def write_one(conn: sqlite3.Connection, rng: random.Random, writer: int, seq: bo
         raise
 
 
-def writer(db: str, mode: str, txns: int, seed: int, mmap: bool) -> None:
-    """Run `txns` write transactions, retrying busy ones."""
+def writer(db: str, mode: str, txns: int, seed: int, mmap: bool, synchronous: str | None = None,
+           checkpoints: bool = True) -> None:
+    """Run `txns` write transactions, retrying busy ones (`synchronous`, `checkpoints`: see connect)."""
     rng = random.Random(seed)
     inserted = deleted = retries = done = 0
     seq = False
@@ -134,7 +144,7 @@ def writer(db: str, mode: str, txns: int, seed: int, mmap: bool) -> None:
     while done < txns:
         try:
             if conn is None:
-                conn = connect(db, mode, mmap)
+                conn = connect(db, mode, mmap, synchronous, checkpoints)
                 seq = has_seq(conn)
             ins, dele = write_one(conn, rng, seed, seq)
             inserted += ins
@@ -285,13 +295,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mmap", action="store_true")
     parser.add_argument("--seq", action="store_true")
     parser.add_argument("--announce", action="store_true")
+    parser.add_argument("--synchronous", choices=["NORMAL", "FULL"], help="writer: instead of the mode's default")
+    parser.add_argument("--no-checkpoint", action="store_true", help="writer: wal_autocheckpoint=0")
     args = parser.parse_args(argv)
     if args.role == "setup":
         setup(args.db, args.mode, args.seq)
     elif args.role == "appender":
         appender(args.db, args.mode, args.seed)
     elif args.role == "writer":
-        writer(args.db, args.mode, args.txns, args.seed, args.mmap)
+        writer(args.db, args.mode, args.txns, args.seed, args.mmap, args.synchronous, not args.no_checkpoint)
     else:
         reader(args.db, args.mode, args.stop_file, args.mmap, args.announce)
 

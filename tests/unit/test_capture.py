@@ -20,6 +20,7 @@ class Sink:
         self.fail = fail
         self.calls = 0
         self.commits: list[tuple[int, Mapping[int, bytes]]] = []
+        self.synced = 0  # commits made when sync() was last called
 
     def commit(self, db: str, page_size: int, commit_size: int, pages: Mapping[int, bytes]) -> None:
         self.calls += 1
@@ -28,7 +29,9 @@ class Sink:
         self.commits.append((commit_size, dict(pages)))
 
     def drop(self, db: str) -> None: ...
-    def sync(self, db: str) -> None: ...
+
+    def sync(self, db: str) -> None:
+        self.synced = len(self.commits)
     def rename(self, old: str, new: str) -> None: ...
     def position(self, db: str) -> tuple[int, int] | None:
         return None
@@ -107,4 +110,33 @@ def test_write_without_journal_is_refused(tmp_path: Path) -> None:
         with pytest.raises(CaptureError):
             capture.database_write("x.db", 4096, bytes(4096))
     finally:
+        os.close(dir_fd)
+
+
+def test_wal_commits_make_a_log_sync_due_until_synced(tmp_path: Path) -> None:
+    """A WAL commit is not synced with the WAL's fsync: the mount must sync before the frames can go."""
+    wal = make_wal(tmp_path / "src.db", 3)
+    data = tmp_path / "data"
+    data.mkdir()
+    dir_fd = os.open(data, os.O_RDONLY)
+    fd = os.open(data / "x.db-wal", os.O_RDWR | os.O_CREAT)
+    try:
+        sink = Sink(set())
+        capture = Capture(sink, dir_fd)
+        assert not capture.log_sync_due("x.db")
+        writes = iter(wal_writes(wal))
+        while not sink.commits:  # up to the first commit
+            assert not capture.log_sync_due("x.db")
+            off, buf = next(writes)
+            capture.wal_write("x.db", off, buf, lambda: os.pwrite(fd, buf, off))
+        assert len(sink.commits) == 1 and capture.log_sync_due("x.db")
+        capture.sync_pending()  # a directory fsync syncs rollback commits only
+        assert sink.synced == 0 and capture.log_sync_due("x.db")
+        capture.sync("x.db")
+        assert sink.synced == 1 and not capture.log_sync_due("x.db")
+        for off, buf in writes:
+            capture.wal_write("x.db", off, buf, lambda: os.pwrite(fd, buf, off))
+        assert len(sink.commits) > 1 and capture.log_sync_due("x.db")
+    finally:
+        os.close(fd)
         os.close(dir_fd)
