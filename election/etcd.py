@@ -120,6 +120,19 @@ class _Endpoint:
     tls: bool
 
 
+def new_client(host: str, port: int, *, plaintext: bool, **kwargs: Any) -> Any:
+    """`etcd3.client(host, port, **kwargs)` (blocking: may log in), usable with a password over plaintext.
+
+    gRPC refuses call credentials on a plaintext channel (UNAUTHENTICATED:
+    "Established channel does not have a sufficient security level"), so
+    there they are dropped; the token travels as metadata all the same.
+    """
+    client = etcd3.client(host, port, **kwargs)
+    if plaintext:
+        client.call_credentials = None
+    return client
+
+
 def _parse_endpoint(url: str, settings: EtcdSettings) -> _Endpoint:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.port is None:
@@ -221,13 +234,8 @@ class EtcdClient:
         auth: dict[str, Any] = {}
         if s.username:
             auth = {"user": s.username, "password": s.password}
-        client = etcd3.client(endpoint.host, endpoint.port, timeout=s.timeout, grpc_options=grpc_options,
-                              **tls, **auth)
-        if not endpoint.tls:
-            # gRPC refuses call credentials on a plaintext channel (UNAUTHENTICATED: "Established channel
-            # does not have a sufficient security level"); the token travels as metadata all the same.
-            client.call_credentials = None
-        return client
+        return new_client(endpoint.host, endpoint.port, plaintext=not endpoint.tls, timeout=s.timeout,
+                          grpc_options=grpc_options, **tls, **auth)
 
     def _connection(self) -> tuple[Any, _Endpoint]:
         with self._lock:

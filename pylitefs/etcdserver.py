@@ -13,6 +13,7 @@ from typing import Any
 import etcd3
 import etcd3.etcdrpc as etcdrpc
 
+from election.etcd import new_client
 from pylitefs.cluster import free_port
 
 ETCD_BINARY = "/usr/bin/etcd"
@@ -128,10 +129,9 @@ class EtcdServer:
         """One read through a fresh client, logged in as root after enable_auth(); raises while etcd is not up.
 
         A fresh client each time: a gRPC channel that failed to connect backs off for a second or more."""
-        client = etcd3.client("127.0.0.1", self.client_port, timeout=1, **self.client_tls(), **self._login)
+        client = new_client("127.0.0.1", self.client_port, plaintext=self.tls is None, timeout=1,
+                            **self.client_tls(), **self._login)
         try:
-            if self.tls is None:
-                client.call_credentials = None  # gRPC refuses them on plaintext; the token goes as metadata
             client.get("/")
         finally:
             client.close()
