@@ -400,8 +400,12 @@ class Node:
                             "asynchronously (replication.sync-fallback: async) until they keep up again",
                             db, txid, have, policy.sync, policy.sync_timeout)
             return
-        message = (f"{db}: TXID {txid}: {have} of {policy.sync} replicas acknowledged within "
-                   f"{policy.sync_timeout:.1f}s (replication.sync); failing the commit")
+        if server is not None and self.primary_server is server:
+            why = f"within {policy.sync_timeout:.1f}s"
+        else:
+            why = "before this node stopped being primary"
+        message = (f"{db}: TXID {txid}: {have} of {policy.sync} replicas acknowledged {why} "
+                   f"(replication.sync); failing the commit")
         log.warning("%s", message)
         raise CaptureError(message)
 

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from pylitefs.cluster import Cluster, Node, committed_image, wait_caught_up, wait_for
+from pylitefs.cluster import Cluster, Node, committed_image, free_port, wait_caught_up, wait_for
+from pylitefs.etcdserver import EtcdServer
 from tests.cluster.test_replication import finish, start_readers
 from tests.conftest import integrity
 from tests.relay import Relay
@@ -201,3 +202,64 @@ def test_readers_see_consistent_states_during_sync_writes(cluster: Cluster, tmp_
         replica_reports = finish(readers, stop)
     assert all(r["checks"] > 0 for r in replica_reports)
     assert committed_image(primary, DB) == (replica.data_dir / DB).read_bytes()
+
+
+def test_a_primary_that_loses_its_lease_while_a_sync_commit_waits(
+        etcd: EtcdServer, cluster: Cluster) -> None:
+    """The commit waiting for an Ack fails; the replica that held it takes over; both converge."""
+    sync = {"sync": 1, "sync-timeout": "8s"}
+    to_etcd = Relay("127.0.0.1", etcd.client_port)
+    port = free_port()
+    acks = AckHoldingRelay("127.0.0.1", port)  # the replica reaches n1's stream through it
+    try:
+        n1 = cluster.etcd_node("n1", [to_etcd.endpoint], port=port, lease={"advertise-url": acks.endpoint},
+                               replication=sync)
+        wait_for(lambda: n1.role() == "primary", 30, "n1 to become primary")
+        n2 = cluster.etcd_node("n2", [etcd.endpoint], replication=sync)
+        conn = connect(n1.mountpoint / DB)
+        conn.execute("PRAGMA journal_mode=wal")
+        conn.execute("CREATE TABLE t(n INTEGER PRIMARY KEY)")
+        for n in range(10):
+            conn.execute("INSERT INTO t VALUES (?)", (n,))
+        conn.close()
+        before = n1.position(DB)
+        assert before is not None and n2.position(DB) == before
+
+        acks.flowing.clear()
+        outcome: list[BaseException | None] = []
+
+        def commit() -> None:
+            waiting_conn = connect(n1.mountpoint / DB)
+            try:
+                waiting_conn.execute("INSERT INTO t VALUES (10)")
+                outcome.append(None)
+            except BaseException as exc:
+                outcome.append(exc)
+            finally:
+                waiting_conn.close()
+
+        waiting = threading.Thread(target=commit)
+        waiting.start()
+        wait_for(lambda: (n2.position(DB) or (0, 0))[0] == before[0] + 1, 10, "n2 to log the waiting commit")
+        to_etcd.cut()  # n1 can no longer refresh its lease: n2, which has the transaction, takes over
+        wait_for(lambda: n2.role() == "primary", 30, "n2 to become primary")
+        waiting.join(30)
+        assert not waiting.is_alive(), "the commit still waits after the primary lost its lease"
+        assert outcome and isinstance(outcome[0], sqlite3.OperationalError), outcome
+        assert "acknowledged before this node stopped being primary" in n1.log_text()
+        acks.flowing.set()
+        to_etcd.restore()
+
+        wait_for(lambda: n1.role() == "replica", 30, "n1 to follow n2")
+        conn = connect(n2.mountpoint / DB)
+        conn.execute("INSERT INTO t VALUES (11)")  # sync: 1 again, n1 acknowledging directly
+        conn.close()
+        position = wait_caught_up(n2, [n1], DB)
+        assert position[0] == before[0] + 2  # the failed commit survived on n2 (its outcome was unknown)
+        assert (n1.data_dir / DB).read_bytes() == committed_image(n2, DB)
+        assert rows(n1) == [(n,) for n in range(12)]
+        for node in (n1, n2):
+            assert integrity(node.mountpoint / DB) == "ok", node.name
+    finally:
+        acks.close()
+        to_etcd.close()
