@@ -83,6 +83,9 @@ _COPY_CHUNK = 1 << 20
 #: upper one is appended as it is.
 PREALLOCATE = 1 << 20
 _MIN_PREALLOCATE = 64 << 10
+#: Retention by age rewrites the log only once the records it drops are at
+#: least this share of its bytes (see `TransactionLog.compact`).
+COMPACT_FRACTION = 0.5
 
 
 class LogError(Exception):
@@ -519,6 +522,13 @@ class TransactionLog:
         continue (`first_txid` moves). Rewrites the kept records into `<path>.compact`, fsyncs it and
         renames it over the log. Returns the number of records dropped.
         Blocking: run it in a worker thread; appends may go on meanwhile.
+
+        Records past their age alone are dropped only once they make up at
+        least half of the log's bytes (`COMPACT_FRACTION`): every rewrite then
+        copies at most as much as it frees, so a record is copied a bounded
+        number of times, and a log holds up to about twice the retention
+        (instead of the whole log being rewritten at every pass). A log
+        larger than `max_bytes` is cut back to it at once.
         """
         with self._compact_lock:
             return self._compact(retain_seconds, max_bytes, now_ns, keep_from)
@@ -541,6 +551,9 @@ class TransactionLog:
                 cut = max(0, min(cut, floor - first_txid))
             if cut == 0:
                 return 0
+            over_limit = max_bytes is not None and size > max_bytes
+            if not over_limit and offsets[cut] < COMPACT_FRACTION * size:
+                return 0  # not worth a rewrite yet
             return self._rewrite(old_fd, cut, offsets[cut], size, truncations)
         finally:
             os.close(old_fd)

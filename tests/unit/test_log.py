@@ -324,6 +324,38 @@ def test_sync_runs_concurrently_with_appends(path: Path) -> None:
 
 # ------------------------------------------------------------------ retention
 
+def test_retention_by_age_copies_each_record_a_bounded_number_of_times(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Steady appends (one a second) with the default retention and pass interval (10 min, 1 min):
+    the compactions copy at most about as much as was appended (rewriting the whole log at
+    every pass would copy ~9x), and the log never holds much more than twice the retention."""
+    import replication.log as log_module
+
+    copied: list[int] = []
+    real_copy = log_module._copy
+
+    def counting_copy(src: int, dst: int, start: int, end: int) -> None:
+        copied.append(end - start)
+        real_copy(src, dst, start, end)
+
+    monkeypatch.setattr(log_module, "_copy", counting_copy)
+    retention, interval, hours = 600, 60, 2
+    txns = chain(hours * 3600)
+    record = len(encode_record(txns[0]))
+    passes = 0
+    with TransactionLog.open(path) as txlog:
+        for i, txn in enumerate(txns):
+            txlog.append(txn)
+            if (i + 1) % interval == 0:
+                passes += txlog.compact(retention, None, txn.timestamp_ns) > 0
+                assert len(txlog) <= 2 * retention + interval + 1
+                assert txlog.last == txn
+        appended = txlog.next_txid - 1
+    assert passes >= hours * 3600 // (2 * retention) - 1  # it does drop, now and then
+    assert sum(copied) <= 1.2 * appended * record, (sum(copied), appended * record)
+
+
 def test_retention_by_age_keeps_recent_and_txids_continue(path: Path) -> None:
     txns = chain(10)  # one per second from t0
     with write_log(path, txns) as txlog:
