@@ -27,6 +27,16 @@ class NotFound(FsError):
     errno = errno.ENOENT
 
 
+class Stale(FsError):
+    """A file the kernel looked up is gone since (another process unlinked it meanwhile).
+
+    ESTALE: the kernel looks the name up again and retries the open once, so
+    an open with O_CREAT creates the file, as on a local file system.
+    """
+
+    errno = errno.ESTALE
+
+
 class InvalidContent(FsError):
     """A write that would store something that is not a SQLite database."""
 

@@ -46,7 +46,7 @@ import trio
 
 from fs.access import Access, ClusterStatus, Op, replica_refusal
 from fs.capture import Capture, CommitGate, CommitSink
-from fs.errors import FsError, InvalidContent, NotFound, NotPermitted, Unsupported
+from fs.errors import FsError, InvalidContent, NotFound, NotPermitted, Stale, Unsupported
 from fs.formats.wal import WAL_HEADER_SIZE
 from fs.inodes import ROOT_INODE, Inode, InodeTable
 from fs.names import FileName, Kind, classify, is_valid
@@ -505,7 +505,7 @@ class Operations(pyfuse3.Operations):
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         node = self._inode(inode)
         if node.name is None:
-            raise NotFound(f"inode {inode} was deleted")
+            raise Stale(f"inode {inode} was deleted")
         if node.kind in (Kind.POSITION, Kind.STATUS):
             return self._open_virtual(node.name, flags)
         privileged = self._privileged(ctx)
@@ -513,7 +513,12 @@ class Operations(pyfuse3.Operations):
         if flags & os.O_TRUNC:
             ops += (Op.TRUNCATE,)
         capture = self._write_access(ops, node.kind, privileged) if ops else None
-        fd = os.open(node.name.name, flags & ~_STRIP_OPEN_FLAGS, dir_fd=self._dir_fd)
+        try:
+            fd = os.open(node.name.name, flags & ~_STRIP_OPEN_FLAGS, dir_fd=self._dir_fd)
+        except FileNotFoundError:
+            # Unlinked since the kernel's lookup, e.g. SQLite's last connection
+            # removing `-shm` while another process opens it with O_CREAT.
+            raise Stale(f"{node.name.name} was removed since it was looked up") from None
         if flags & os.O_TRUNC:  # libfuse asks for atomic O_TRUNC: it arrives here
             try:
                 await self._truncate(node, fd, 0, capture)

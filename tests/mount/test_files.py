@@ -129,6 +129,24 @@ def test_unlinked_file_stays_readable_while_open(mounted: MountProcess) -> None:
     assert count(db) == 2
 
 
+def test_open_creating_a_file_unlinked_since_its_lookup_creates_it(mounted: MountProcess) -> None:
+    """The race of an O_CREAT open with another process's unlink (SQLite's last connection removing
+    `-shm` while the node opens it), made deterministic: the kernel still has the name cached when
+    the file goes. As on a local file system, the open creates the file; a plain open says ENOENT."""
+    make_db(mounted.mountpoint / "race.db", rows=1, mode="wal")
+    shm = mounted.mountpoint / "race.db-shm"
+    for flags, expect_created in ((os.O_RDWR | os.O_CREAT, True), (os.O_RDWR, False)):
+        os.close(os.open(shm, os.O_RDWR | os.O_CREAT, 0o644))
+        assert shm.exists()  # the kernel now caches the name
+        os.unlink(mounted.data_dir / "race.db-shm")  # gone behind the kernel's back
+        if expect_created:
+            os.close(os.open(shm, flags, 0o644))
+            assert (mounted.data_dir / "race.db-shm").exists()
+        else:
+            with pytest.raises(FileNotFoundError):
+                os.open(shm, flags)
+
+
 def test_shm_mmap_and_mmap_size(mounted: MountProcess) -> None:
     db = mounted.mountpoint / "mm.db"
     make_db(db, rows=200, mode="wal")
