@@ -22,9 +22,14 @@ class ToolError(Exception):
     """A tool cannot do what was asked; the message says why."""
 
 
+def log_path(data_dir: str, db: str) -> str:
+    """Where the log of database `db` under `data_dir` is."""
+    return os.path.join(data_dir, STATE_DIR, "logs", db + LOG_SUFFIX)
+
+
 def open_log(data_dir: str, db: str) -> TransactionLog:
     """The read-only log of database `db` under `data_dir`."""
-    path = os.path.join(data_dir, STATE_DIR, "logs", db + LOG_SUFFIX)
+    path = log_path(data_dir, db)
     try:
         return TransactionLog.open(path, readonly=True)
     except FileNotFoundError:

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from pylitefs.cluster import Cluster, Node, committed_image, wait_caught_up, wait_for
+from pylitefs.tools import log_path, open_log
 from replication.log import TransactionLog
 from tests.conftest import integrity
 
@@ -48,15 +49,8 @@ def log_fsyncs(node: Node, db: str) -> int:
 
 def history(node: Node, db: str) -> list[tuple[int, int]]:
     """(TXID, post-checksum) of every transaction in `node`'s log of `db` (node stopped)."""
-    txlog = TransactionLog.open(str(log_path(node, db)), readonly=True)
-    try:
+    with open_log(str(node.data_dir), db) as txlog:
         return [(txn.txid, txn.post_checksum) for txn in txlog]
-    finally:
-        txlog.close()
-
-
-def log_path(node: Node, db: str) -> Path:
-    return node.data_dir / ".pylitefs" / "logs" / f"{db}.log"
 
 
 def test_full_wal_commits_fsync_the_log_only_before_a_checkpoint(cluster: Cluster) -> None:
@@ -116,7 +110,7 @@ def test_a_power_loss_that_takes_the_logs_unsynced_tail_loses_no_commit(cluster:
     primary.stop()
 
     # The power loss: every log record after the last fsync is gone.
-    txlog = TransactionLog.open(str(log_path(primary, DB)))
+    txlog = TransactionLog.open(log_path(str(primary.data_dir), DB))
     try:
         assert txlog.truncate_after(synced_txid) == len(before) - synced_txid
     finally:
